@@ -1,0 +1,62 @@
+# tabby — build, test and demo. Every target installs what it needs itself.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+PKG := github.com/tabby-net/tabby
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X $(PKG)/internal/version.Version=$(VERSION)
+GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOBIN_DIR)/staticcheck
+STATICCHECK_VERSION := 2025.1.1
+
+# Debian packages the tests, the lab and the demo use.
+APT_PACKAGES := iproute2 iptables ipset bird2 iputils-ping etcd-server etcd-client iperf3 tcpdump procps
+TEST_TIMEOUT ?= 14m
+
+.PHONY: all build deps test test-unit lint demo clean fmt
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# Installs the Debian packages only when one of them is missing, so a second run is quick
+# and makes no network access.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# bird2's package starts a system-wide bird; the tests start their own.
+	@systemctl disable --now bird >/dev/null 2>&1 || true
+	$(GO) mod download
+
+$(STATICCHECK):
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(STATICCHECK)
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+# Every test: unit, etcd, root network-namespace and end-to-end tests.
+test: deps lint build
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Unit tests only (no root needed for most).
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+demo: deps build
+	./scripts/demo.sh
+
+clean:
+	rm -rf $(BIN)

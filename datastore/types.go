@@ -1,0 +1,206 @@
+// Package datastore holds tabby's resource model, stored exactly as Calico's etcdv3
+// datastore stores it (SPEC §2), the etcd client with compare-and-swap writes, validation,
+// and the list-then-watch syncer that hands consistent snapshots to the daemon.
+//
+// The JSON field names and their order follow Calico's Go types so that a document written
+// by calicoctl (etcd mode) or by etcdctl in Calico's form is read back unchanged, and a
+// document written by tabby is byte-for-byte what Calico would have written.
+package datastore
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// APIVersion is the apiVersion of every resource; Calico manifests apply unchanged.
+const APIVersion = "projectcalico.org/v3"
+
+// Resource kinds, as they appear in manifests.
+const (
+	KindIPPool           = "IPPool"
+	KindBGPConfiguration = "BGPConfiguration"
+	KindBGPPeer          = "BGPPeer"
+	KindNode             = "Node"
+)
+
+// Encapsulation modes of a pool (ipipMode, vxlanMode).
+type EncapMode string
+
+const (
+	EncapNever       EncapMode = "Never"
+	EncapAlways      EncapMode = "Always"
+	EncapCrossSubnet EncapMode = "CrossSubnet"
+)
+
+// Allowed uses of a pool's addresses.
+const (
+	UseWorkload = "Workload"
+	UseTunnel   = "Tunnel"
+)
+
+// TypeMeta is the kind and apiVersion of a resource document.
+type TypeMeta struct {
+	Kind       string `json:"kind"`
+	APIVersion string `json:"apiVersion"`
+}
+
+// ObjectMeta is the subset of Kubernetes object metadata that Calico stores.
+// ResourceVersion is never stored: it is filled from the key's ModRevision on read and
+// used as the compare-and-swap condition on update.
+type ObjectMeta struct {
+	Name              string            `json:"name"`
+	UID               string            `json:"uid,omitempty"`
+	ResourceVersion   string            `json:"resourceVersion,omitempty"`
+	CreationTimestamp string            `json:"creationTimestamp,omitempty"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	Annotations       map[string]string `json:"annotations,omitempty"`
+}
+
+// IPPool is a range of workload addresses and how traffic to it is carried between hosts.
+type IPPool struct {
+	TypeMeta
+	Metadata ObjectMeta `json:"metadata"`
+	Spec     IPPoolSpec `json:"spec"`
+}
+
+// IPPoolSpec mirrors Calico's IPPoolSpec field for field (names and order).
+type IPPoolSpec struct {
+	CIDR             string    `json:"cidr"`
+	VXLANMode        EncapMode `json:"vxlanMode,omitempty"`
+	IPIPMode         EncapMode `json:"ipipMode,omitempty"`
+	NATOutgoing      bool      `json:"natOutgoing,omitempty"`
+	Disabled         bool      `json:"disabled,omitempty"`
+	DisableBGPExport bool      `json:"disableBGPExport,omitempty"`
+	BlockSize        int       `json:"blockSize,omitempty"`
+	NodeSelector     string    `json:"nodeSelector,omitempty"`
+	AllowedUses      []string  `json:"allowedUses,omitempty"`
+}
+
+// BGPConfiguration holds cluster-wide BGP settings ("default") or one node's overrides
+// ("node.<name>").
+type BGPConfiguration struct {
+	TypeMeta
+	Metadata ObjectMeta           `json:"metadata"`
+	Spec     BGPConfigurationSpec `json:"spec"`
+}
+
+// BGPConfigurationSpec mirrors the fields of Calico's BGPConfigurationSpec that tabby uses.
+type BGPConfigurationSpec struct {
+	LogSeverityScreen      string       `json:"logSeverityScreen,omitempty"`
+	NodeToNodeMeshEnabled  *bool        `json:"nodeToNodeMeshEnabled,omitempty"`
+	ASNumber               *ASNumber    `json:"asNumber,omitempty"`
+	ListenPort             uint16       `json:"listenPort,omitempty"`
+	NodeMeshPassword       *BGPPassword `json:"nodeMeshPassword,omitempty"`
+	NodeMeshMaxRestartTime *Duration    `json:"nodeMeshMaxRestartTime,omitempty"`
+}
+
+// BGPPeer is an explicit BGP peering: with an address (peerIP) or with the tabby nodes a
+// peerSelector picks, from every node, one node, or the nodes a nodeSelector picks.
+type BGPPeer struct {
+	TypeMeta
+	Metadata ObjectMeta  `json:"metadata"`
+	Spec     BGPPeerSpec `json:"spec"`
+}
+
+// BGPPeerSpec mirrors the fields of Calico's BGPPeerSpec that tabby uses.
+type BGPPeerSpec struct {
+	Node                string       `json:"node,omitempty"`
+	PeerIP              string       `json:"peerIP,omitempty"`
+	ASNumber            ASNumber     `json:"asNumber,omitempty"`
+	NodeSelector        string       `json:"nodeSelector,omitempty"`
+	PeerSelector        string       `json:"peerSelector,omitempty"`
+	KeepOriginalNextHop bool         `json:"keepOriginalNextHop,omitempty"`
+	Password            *BGPPassword `json:"password,omitempty"`
+	MaxRestartTime      *Duration    `json:"maxRestartTime,omitempty"`
+}
+
+// BGPPassword is Calico's password reference. tabby reads the secret from
+// <bgp.secretsDir>/<name>/<key> on each host (SPEC §7).
+type BGPPassword struct {
+	SecretKeyRef *SecretKeyRef `json:"secretKeyRef,omitempty"`
+}
+
+// SecretKeyRef names one key of one secret.
+type SecretKeyRef struct {
+	Name string `json:"name"`
+	Key  string `json:"key"`
+}
+
+// Node is one host running tabbyd. tabbyd creates and maintains its own Node.
+type Node struct {
+	TypeMeta
+	Metadata ObjectMeta `json:"metadata"`
+	Spec     NodeSpec   `json:"spec"`
+}
+
+// NodeSpec mirrors the fields of Calico's NodeSpec that tabby uses.
+type NodeSpec struct {
+	BGP                 *NodeBGPSpec `json:"bgp,omitempty"`
+	IPv4VXLANTunnelAddr string       `json:"ipv4VXLANTunnelAddr,omitempty"`
+	VXLANTunnelMACAddr  string       `json:"vxlanTunnelMACAddr,omitempty"`
+}
+
+// NodeBGPSpec is the BGP part of a Node. IPv4Address carries its prefix length: the prefix
+// decides which nodes are "in the same subnet" for CrossSubnet.
+type NodeBGPSpec struct {
+	ASNumber                *ASNumber `json:"asNumber,omitempty"`
+	IPv4Address             string    `json:"ipv4Address,omitempty"`
+	IPv4IPIPTunnelAddr      string    `json:"ipv4IPIPTunnelAddr,omitempty"`
+	RouteReflectorClusterID string    `json:"routeReflectorClusterID,omitempty"`
+}
+
+// ASNumber is a BGP AS number. Like Calico's numorstring.ASNumber it is stored as a JSON
+// number and also accepts the dotted "high.low" form and a quoted number in manifests.
+type ASNumber uint32
+
+// UnmarshalJSON accepts 64512, "64512" and "1.10".
+func (a *ASNumber) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := ParseASNumber(s)
+	if err != nil {
+		return err
+	}
+	*a = v
+	return nil
+}
+
+// ParseASNumber parses "64512" or the dotted "1.10" (= 1<<16 + 10).
+func ParseASNumber(s string) (ASNumber, error) {
+	if hi, lo, dotted := strings.Cut(s, "."); dotted {
+		h, err1 := strconv.ParseUint(hi, 10, 16)
+		l, err2 := strconv.ParseUint(lo, 10, 16)
+		if err1 != nil || err2 != nil {
+			return 0, fmt.Errorf("invalid AS number %q", s)
+		}
+		return ASNumber(h<<16 | l), nil
+	}
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("invalid AS number %q", s)
+	}
+	return ASNumber(v), nil
+}
+
+// Duration is a time.Duration stored as Go duration text ("120s"), as Kubernetes'
+// metav1.Duration is.
+type Duration struct{ time.Duration }
+
+// MarshalJSON writes the duration as text.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.Duration.String()) }
+
+// UnmarshalJSON reads duration text such as "120s" or "2m".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string such as \"120s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
