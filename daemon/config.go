@@ -142,206 +142,206 @@ type setting struct {
 // this order, so a key may look at the ones above it.
 func settings() []setting {
 	return []setting{
-	{key: "nodeName", def: "", flag: "node-name", apply: func(c *Config, raw any) (err error) {
-		c.NodeName, err = asString(raw)
-		if err == nil && c.NodeName != "" {
-			err = validNodeName(c.NodeName)
-		}
-		return err
-	}},
-	{key: "etcd.endpoints", def: []string{"http://127.0.0.1:2379"}, flag: "etcd-endpoints", apply: func(c *Config, raw any) (err error) {
-		if c.Etcd.Endpoints, err = asStringList(raw); err != nil {
-			return err
-		}
-		if len(c.Etcd.Endpoints) == 0 {
-			return errors.New("at least one endpoint is required")
-		}
-		for _, e := range c.Etcd.Endpoints {
-			u, perr := url.Parse(e)
-			if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return fmt.Errorf("%q is not an http:// or https:// URL", e)
+		{key: "nodeName", def: "", flag: "node-name", apply: func(c *Config, raw any) (err error) {
+			c.NodeName, err = asString(raw)
+			if err == nil && c.NodeName != "" {
+				err = validNodeName(c.NodeName)
 			}
-		}
-		return nil
-	}},
-	{key: "etcd.caFile", def: "", apply: func(c *Config, raw any) (err error) {
-		c.Etcd.CAFile, err = readableFile(raw)
-		return err
-	}},
-	{key: "etcd.certFile", def: "", apply: func(c *Config, raw any) (err error) {
-		c.Etcd.CertFile, err = readableFile(raw)
-		return err
-	}},
-	{key: "etcd.keyFile", def: "", apply: func(c *Config, raw any) (err error) {
-		if c.Etcd.KeyFile, err = readableFile(raw); err != nil {
 			return err
-		}
-		if (c.Etcd.KeyFile == "") != (c.Etcd.CertFile == "") {
-			return errors.New("etcd.certFile and etcd.keyFile must be set together")
-		}
-		return nil
-	}},
-	{key: "etcd.username", def: "", apply: func(c *Config, raw any) (err error) {
-		c.Etcd.Username, err = asString(raw)
-		return err
-	}},
-	{key: "etcd.password", def: "", apply: func(c *Config, raw any) (err error) {
-		c.Etcd.Password, err = asString(raw)
-		return err
-	}},
-	{key: "etcd.prefix", def: "/calico", apply: func(c *Config, raw any) (err error) {
-		if c.Etcd.Prefix, err = asString(raw); err != nil {
-			return err
-		}
-		if !strings.HasPrefix(c.Etcd.Prefix, "/") || len(c.Etcd.Prefix) < 2 {
-			return fmt.Errorf("%q must be an absolute key root such as /calico", c.Etcd.Prefix)
-		}
-		return nil
-	}},
-	{key: "ipv4.address", def: "", apply: func(c *Config, raw any) error {
-		s, err := asString(raw)
-		if err != nil || s == "" {
-			return err
-		}
-		p, err := parseNodeAddress(s)
-		if err != nil {
-			return err
-		}
-		c.IPv4.Address, c.IPv4.HasAddress = p, true
-		return nil
-	}},
-	{key: "ipv4.autodetect", def: "", apply: func(c *Config, raw any) error {
-		s, err := asString(raw)
-		if err != nil {
-			return err
-		}
-		if s != "" && c.IPv4.HasAddress {
-			return errors.New("set either ipv4.address or ipv4.autodetect, not both")
-		}
-		if s == "" {
-			s = "first-found"
-		}
-		c.IPv4.Autodetect, err = autodetect.ParseMethod(s)
-		return err
-	}},
-	{key: "bgp.secretsDir", def: "/etc/tabby/secrets", apply: func(c *Config, raw any) (err error) {
-		c.BGP.SecretsDir, err = absPath(raw)
-		return err
-	}},
-	{key: "bgp.connectRetry", def: "5s", apply: func(c *Config, raw any) (err error) {
-		c.BGP.ConnectRetry, err = durationAtLeast(raw, time.Second)
-		return err
-	}},
-	{key: "bgp.holdTime", def: "90s", apply: func(c *Config, raw any) (err error) {
-		if c.BGP.HoldTime, err = asDuration(raw); err != nil {
-			return err
-		}
-		// RFC 4271 §4.2: zero (no keepalives) or at least three seconds.
-		if c.BGP.HoldTime != 0 && c.BGP.HoldTime < 3*time.Second {
-			return fmt.Errorf("%s must be 0 or at least 3s (RFC 4271)", c.BGP.HoldTime)
-		}
-		return nil
-	}},
-	{key: "bgp.keepalive", def: "30s", apply: func(c *Config, raw any) (err error) {
-		if c.BGP.Keepalive, err = durationAtLeast(raw, time.Second); err != nil {
-			return err
-		}
-		if c.BGP.HoldTime != 0 && c.BGP.Keepalive >= c.BGP.HoldTime {
-			return fmt.Errorf("%s must be shorter than bgp.holdTime (%s)", c.BGP.Keepalive, c.BGP.HoldTime)
-		}
-		return nil
-	}},
-	{key: "dataplane.routeProtocol", def: 95, apply: func(c *Config, raw any) (err error) {
-		if c.Data.RouteProtocol, err = asInt(raw); err != nil {
-			return err
-		}
-		p := c.Data.RouteProtocol
-		if p < 1 || p > 255 {
-			return fmt.Errorf("%d is not a route protocol number (1..255)", p)
-		}
-		// 1..4 are the kernel's own (redirect, kernel, boot, static): tabby would adopt and
-		// sweep routes that the kernel and the operator installed.
-		if p <= 4 {
-			return fmt.Errorf("%d is reserved by the kernel (redirect, kernel, boot, static); use 5..255", p)
-		}
-		return nil
-	}},
-	{key: "dataplane.routeRefreshInterval", def: "90s", apply: func(c *Config, raw any) (err error) {
-		if c.Data.RouteRefreshInterval, err = asDuration(raw); err != nil {
-			return err
-		}
-		if d := c.Data.RouteRefreshInterval; d != 0 && d < time.Second {
-			return fmt.Errorf("%s must be 0 (off) or at least 1s", d)
-		}
-		return nil
-	}},
-	{key: "dataplane.mtu", def: 0, apply: func(c *Config, raw any) (err error) {
-		if c.Data.MTU, err = asInt(raw); err != nil {
-			return err
-		}
-		if m := c.Data.MTU; m != 0 && (m < 576 || m > 65535) {
-			return fmt.Errorf("%d must be 0 (detect) or 576..65535", m)
-		}
-		return nil
-	}},
-	{key: "dataplane.iptablesBackend", def: "auto", apply: func(c *Config, raw any) (err error) {
-		if c.Data.IPTablesBackend, err = asString(raw); err != nil {
-			return err
-		}
-		switch c.Data.IPTablesBackend {
-		case "auto", "nft", "legacy":
+		}},
+		{key: "etcd.endpoints", def: []string{"http://127.0.0.1:2379"}, flag: "etcd-endpoints", apply: func(c *Config, raw any) (err error) {
+			if c.Etcd.Endpoints, err = asStringList(raw); err != nil {
+				return err
+			}
+			if len(c.Etcd.Endpoints) == 0 {
+				return errors.New("at least one endpoint is required")
+			}
+			for _, e := range c.Etcd.Endpoints {
+				u, perr := url.Parse(e)
+				if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					return fmt.Errorf("%q is not an http:// or https:// URL", e)
+				}
+			}
 			return nil
-		}
-		return fmt.Errorf("%q must be auto, nft or legacy", c.Data.IPTablesBackend)
-	}},
-	{key: "health.listen", def: "127.0.0.1:9099", apply: func(c *Config, raw any) (err error) {
-		c.HealthListen, err = listenAddr(raw)
-		return err
-	}},
-	{key: "metrics.listen", def: "127.0.0.1:9091", apply: func(c *Config, raw any) (err error) {
-		c.MetricsListen, err = listenAddr(raw)
-		return err
-	}},
-	{key: "dataDir", def: "/var/lib/tabby", apply: func(c *Config, raw any) (err error) {
-		c.DataDir, err = absPath(raw)
-		return err
-	}},
-	{key: "runDir", def: "/run/tabby", apply: func(c *Config, raw any) (err error) {
-		c.RunDir, err = absPath(raw)
-		return err
-	}},
-	// The default of statusSocket depends on runDir, so it is filled in after decoding.
-	{key: "statusSocket", def: "", apply: func(c *Config, raw any) (err error) {
-		s, err := asString(raw)
-		if err != nil {
+		}},
+		{key: "etcd.caFile", def: "", apply: func(c *Config, raw any) (err error) {
+			c.Etcd.CAFile, err = readableFile(raw)
 			return err
-		}
-		if s == "" {
-			c.StatusSocket = filepath.Join(c.RunDir, "tabbyd.sock")
+		}},
+		{key: "etcd.certFile", def: "", apply: func(c *Config, raw any) (err error) {
+			c.Etcd.CertFile, err = readableFile(raw)
+			return err
+		}},
+		{key: "etcd.keyFile", def: "", apply: func(c *Config, raw any) (err error) {
+			if c.Etcd.KeyFile, err = readableFile(raw); err != nil {
+				return err
+			}
+			if (c.Etcd.KeyFile == "") != (c.Etcd.CertFile == "") {
+				return errors.New("etcd.certFile and etcd.keyFile must be set together")
+			}
 			return nil
-		}
-		c.StatusSocket, err = absPath(s)
-		return err
-	}},
-	{key: "logLevel", def: "info", flag: "log-level", apply: func(c *Config, raw any) error {
-		s, err := asString(raw)
-		if err != nil {
+		}},
+		{key: "etcd.username", def: "", apply: func(c *Config, raw any) (err error) {
+			c.Etcd.Username, err = asString(raw)
 			return err
-		}
-		switch strings.ToLower(s) {
-		case "debug":
-			c.LogLevel = slog.LevelDebug
-		case "info":
-			c.LogLevel = slog.LevelInfo
-		case "warn", "warning":
-			c.LogLevel = slog.LevelWarn
-		case "error":
-			c.LogLevel = slog.LevelError
-		default:
-			return fmt.Errorf("%q must be debug, info, warn or error", s)
-		}
-		return nil
-	}},
+		}},
+		{key: "etcd.password", def: "", apply: func(c *Config, raw any) (err error) {
+			c.Etcd.Password, err = asString(raw)
+			return err
+		}},
+		{key: "etcd.prefix", def: "/calico", apply: func(c *Config, raw any) (err error) {
+			if c.Etcd.Prefix, err = asString(raw); err != nil {
+				return err
+			}
+			if !strings.HasPrefix(c.Etcd.Prefix, "/") || len(c.Etcd.Prefix) < 2 {
+				return fmt.Errorf("%q must be an absolute key root such as /calico", c.Etcd.Prefix)
+			}
+			return nil
+		}},
+		{key: "ipv4.address", def: "", apply: func(c *Config, raw any) error {
+			s, err := asString(raw)
+			if err != nil || s == "" {
+				return err
+			}
+			p, err := parseNodeAddress(s)
+			if err != nil {
+				return err
+			}
+			c.IPv4.Address, c.IPv4.HasAddress = p, true
+			return nil
+		}},
+		{key: "ipv4.autodetect", def: "", apply: func(c *Config, raw any) error {
+			s, err := asString(raw)
+			if err != nil {
+				return err
+			}
+			if s != "" && c.IPv4.HasAddress {
+				return errors.New("set either ipv4.address or ipv4.autodetect, not both")
+			}
+			if s == "" {
+				s = "first-found"
+			}
+			c.IPv4.Autodetect, err = autodetect.ParseMethod(s)
+			return err
+		}},
+		{key: "bgp.secretsDir", def: "/etc/tabby/secrets", apply: func(c *Config, raw any) (err error) {
+			c.BGP.SecretsDir, err = absPath(raw)
+			return err
+		}},
+		{key: "bgp.connectRetry", def: "5s", apply: func(c *Config, raw any) (err error) {
+			c.BGP.ConnectRetry, err = durationAtLeast(raw, time.Second)
+			return err
+		}},
+		{key: "bgp.holdTime", def: "90s", apply: func(c *Config, raw any) (err error) {
+			if c.BGP.HoldTime, err = asDuration(raw); err != nil {
+				return err
+			}
+			// RFC 4271 §4.2: zero (no keepalives) or at least three seconds.
+			if c.BGP.HoldTime != 0 && c.BGP.HoldTime < 3*time.Second {
+				return fmt.Errorf("%s must be 0 or at least 3s (RFC 4271)", c.BGP.HoldTime)
+			}
+			return nil
+		}},
+		{key: "bgp.keepalive", def: "30s", apply: func(c *Config, raw any) (err error) {
+			if c.BGP.Keepalive, err = durationAtLeast(raw, time.Second); err != nil {
+				return err
+			}
+			if c.BGP.HoldTime != 0 && c.BGP.Keepalive >= c.BGP.HoldTime {
+				return fmt.Errorf("%s must be shorter than bgp.holdTime (%s)", c.BGP.Keepalive, c.BGP.HoldTime)
+			}
+			return nil
+		}},
+		{key: "dataplane.routeProtocol", def: 95, apply: func(c *Config, raw any) (err error) {
+			if c.Data.RouteProtocol, err = asInt(raw); err != nil {
+				return err
+			}
+			p := c.Data.RouteProtocol
+			if p < 1 || p > 255 {
+				return fmt.Errorf("%d is not a route protocol number (1..255)", p)
+			}
+			// 1..4 are the kernel's own (redirect, kernel, boot, static): tabby would adopt and
+			// sweep routes that the kernel and the operator installed.
+			if p <= 4 {
+				return fmt.Errorf("%d is reserved by the kernel (redirect, kernel, boot, static); use 5..255", p)
+			}
+			return nil
+		}},
+		{key: "dataplane.routeRefreshInterval", def: "90s", apply: func(c *Config, raw any) (err error) {
+			if c.Data.RouteRefreshInterval, err = asDuration(raw); err != nil {
+				return err
+			}
+			if d := c.Data.RouteRefreshInterval; d != 0 && d < time.Second {
+				return fmt.Errorf("%s must be 0 (off) or at least 1s", d)
+			}
+			return nil
+		}},
+		{key: "dataplane.mtu", def: 0, apply: func(c *Config, raw any) (err error) {
+			if c.Data.MTU, err = asInt(raw); err != nil {
+				return err
+			}
+			if m := c.Data.MTU; m != 0 && (m < 576 || m > 65535) {
+				return fmt.Errorf("%d must be 0 (detect) or 576..65535", m)
+			}
+			return nil
+		}},
+		{key: "dataplane.iptablesBackend", def: "auto", apply: func(c *Config, raw any) (err error) {
+			if c.Data.IPTablesBackend, err = asString(raw); err != nil {
+				return err
+			}
+			switch c.Data.IPTablesBackend {
+			case "auto", "nft", "legacy":
+				return nil
+			}
+			return fmt.Errorf("%q must be auto, nft or legacy", c.Data.IPTablesBackend)
+		}},
+		{key: "health.listen", def: "127.0.0.1:9099", apply: func(c *Config, raw any) (err error) {
+			c.HealthListen, err = listenAddr(raw)
+			return err
+		}},
+		{key: "metrics.listen", def: "127.0.0.1:9091", apply: func(c *Config, raw any) (err error) {
+			c.MetricsListen, err = listenAddr(raw)
+			return err
+		}},
+		{key: "dataDir", def: "/var/lib/tabby", apply: func(c *Config, raw any) (err error) {
+			c.DataDir, err = absPath(raw)
+			return err
+		}},
+		{key: "runDir", def: "/run/tabby", apply: func(c *Config, raw any) (err error) {
+			c.RunDir, err = absPath(raw)
+			return err
+		}},
+		// The default of statusSocket depends on runDir, so it is filled in after decoding.
+		{key: "statusSocket", def: "", apply: func(c *Config, raw any) (err error) {
+			s, err := asString(raw)
+			if err != nil {
+				return err
+			}
+			if s == "" {
+				c.StatusSocket = filepath.Join(c.RunDir, "tabbyd.sock")
+				return nil
+			}
+			c.StatusSocket, err = absPath(s)
+			return err
+		}},
+		{key: "logLevel", def: "info", flag: "log-level", apply: func(c *Config, raw any) error {
+			s, err := asString(raw)
+			if err != nil {
+				return err
+			}
+			switch strings.ToLower(s) {
+			case "debug":
+				c.LogLevel = slog.LevelDebug
+			case "info":
+				c.LogLevel = slog.LevelInfo
+			case "warn", "warning":
+				c.LogLevel = slog.LevelWarn
+			case "error":
+				c.LogLevel = slog.LevelError
+			default:
+				return fmt.Errorf("%q must be debug, info, warn or error", s)
+			}
+			return nil
+		}},
 	}
 }
 
