@@ -1,0 +1,81 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runCtx runs a command and kills it when ctx ends.
+func runCtx(ctx context.Context, cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// killHard sends SIGKILL, as `kill -9` does, and waits for the process to go.
+func killHard(pid int) error {
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		return fmt.Errorf("kill -9 %d: %w", pid, err)
+	}
+	for i := 0; i < 200 && pidRuns(pid, ""); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// readiness fetches http://127.0.0.1:9099/readiness from inside a namespace: whether it
+// answered 200, and the body. The socket is made on a thread inside the namespace; once
+// connected it stays there.
+func readiness(ctx context.Context, ns string) (bool, string, error) {
+	var conn net.Conn
+	err := InNS(ns, func() error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", "127.0.0.1:9099")
+		conn = c
+		return err
+	})
+	if err != nil {
+		return false, "", fmt.Errorf("readiness endpoint in %s: %w", ns, err)
+	}
+	used := false
+	client := &http.Client{
+		Timeout: 3 * time.Second,
+		Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+			if used {
+				return nil, fmt.Errorf("one connection only")
+			}
+			used = true
+			return conn, nil
+		}},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9099/readiness", nil)
+	if err != nil {
+		conn.Close()
+		return false, "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode == http.StatusOK, strings.TrimSpace(string(b)), err
+}
