@@ -20,6 +20,9 @@ type Options struct {
 	Dir string
 	// Host is the address to listen on, 127.0.0.1 when empty.
 	Host string
+	// AdvertiseHost is the address clients are told to use, Host when empty. It must be
+	// set when Host is a wildcard (0.0.0.0).
+	AdvertiseHost string
 	// ClientPort and PeerPort: 0 picks a free port.
 	ClientPort, PeerPort int
 	// Fast shortens the raft tick and election timeout so the server starts in tens of
@@ -80,11 +83,17 @@ func start(ctx context.Context, o Options) (*Server, error) {
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "error"
 	}
-	client := url.URL{Scheme: "http", Host: net.JoinHostPort(o.Host, strconv.Itoa(o.ClientPort))}
-	peer := url.URL{Scheme: "http", Host: net.JoinHostPort(o.Host, strconv.Itoa(o.PeerPort))}
-	cfg.ListenClientUrls = []url.URL{client}
+	adv := o.AdvertiseHost
+	if adv == "" {
+		adv = o.Host
+	}
+	listenClient := url.URL{Scheme: "http", Host: net.JoinHostPort(o.Host, strconv.Itoa(o.ClientPort))}
+	client := url.URL{Scheme: "http", Host: net.JoinHostPort(adv, strconv.Itoa(o.ClientPort))}
+	listenPeer := url.URL{Scheme: "http", Host: net.JoinHostPort(o.Host, strconv.Itoa(o.PeerPort))}
+	peer := url.URL{Scheme: "http", Host: net.JoinHostPort(adv, strconv.Itoa(o.PeerPort))}
+	cfg.ListenClientUrls = []url.URL{listenClient}
 	cfg.AdvertiseClientUrls = []url.URL{client}
-	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.ListenPeerUrls = []url.URL{listenPeer}
 	cfg.AdvertisePeerUrls = []url.URL{peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	if o.Fast {
