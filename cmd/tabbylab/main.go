@@ -1,0 +1,326 @@
+// Command tabbylab builds the topology of the Calico articles out of network namespaces
+// on one machine — four hosts in two subnets, a router, an outside host — with a real
+// etcd, a tabbyd per host and workloads made by tabby-cni, and lets you switch modes,
+// inject the failures the articles met on AWS, and look at routes and pings.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tabby-net/tabby/datastore/etcdembed"
+	"github.com/tabby-net/tabby/lab"
+)
+
+type options struct {
+	prefix   string
+	stateDir string
+	binDir   string
+}
+
+func (o *options) cluster() *lab.Cluster {
+	dir := o.stateDir
+	if dir == "" {
+		dir = filepath.Join("/run/tabbylab", o.prefix)
+	}
+	return lab.NewArticlesCluster(o.prefix, dir, o.binDir, os.Stdout)
+}
+
+// usageError marks errors in how the command was called (exit code 2).
+type usageError struct{ error }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := newRoot().ExecuteContext(ctx)
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "tabbylab:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+func newRoot() *cobra.Command {
+	o := &options{}
+	root := &cobra.Command{
+		Use:           "tabbylab",
+		Short:         "The articles' Calico topology on one machine, run by tabby",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().StringVar(&o.prefix, "prefix", "tabbylab", "name prefix of the lab's network namespaces")
+	root.PersistentFlags().StringVar(&o.stateDir, "state-dir", "", "where the lab keeps configs, logs and PIDs (default /run/tabbylab/<prefix>)")
+	root.PersistentFlags().StringVar(&o.binDir, "bin-dir", "", "directory of tabbyd, tabbyctl and tabby-cni (default: next to tabbylab)")
+	root.AddCommand(
+		upCmd(o), downCmd(o), statusCmd(o), pingCmd(o), modeCmd(o), routesCmd(o),
+		birdCmd(o), faultCmd(o), natCmd(o), ctlCmd(o), etcdCmd(),
+	)
+	return root
+}
+
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s takes %d argument(s), got %d", cmd.CommandPath(), n, len(args))}
+		}
+		return nil
+	}
+}
+
+func upCmd(o *options) *cobra.Command {
+	var mode string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "build the lab and start etcd, a tabbyd per host and pod-1..3",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := lab.ParseMode(mode)
+			if err != nil {
+				return usageError{err}
+			}
+			c := o.cluster()
+			if exists, _ := c.Topo.Exists(); exists {
+				return fmt.Errorf("lab %s is up already: run `tabbylab down` first", o.prefix)
+			}
+			start := time.Now()
+			if err := c.Up(cmd.Context(), m); err != nil {
+				return err
+			}
+			fmt.Printf("lab %s is up in mode %s (%.1fs)\n", o.prefix, m, time.Since(start).Seconds())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&mode, "mode", "vxlan", "initial pool mode: ipip, crosssubnet, direct, vxlan, vxlan-crosssubnet")
+	return cmd
+}
+
+func downCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "stop every process of the lab and remove its namespaces (also after a crash)",
+		Args:  exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			if err := o.cluster().Down(); err != nil {
+				return err
+			}
+			fmt.Printf("lab %s is down\n", o.prefix)
+			return nil
+		},
+	}
+}
+
+func statusCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "show each host's readiness, the pool and the active faults",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := o.cluster()
+			if exists, _ := c.Topo.Exists(); !exists {
+				return fmt.Errorf("lab %s is not up", o.prefix)
+			}
+			for _, h := range c.Topo.Hosts {
+				ok, body, err := c.Readiness(cmd.Context(), h.Name)
+				state := "ready"
+				if err != nil {
+					state = "unreachable: " + err.Error()
+				} else if !ok {
+					state = "NOT READY: " + strings.ReplaceAll(body, "\n", "; ")
+				}
+				fmt.Printf("%-9s %-15s %s\n", h.Name, h.Addr, state)
+			}
+			out, err := c.Ctl(cmd.Context(), "master", "get", "ippool", "-o", "wide")
+			if err != nil {
+				return err
+			}
+			fmt.Print(out)
+			faults, err := c.Topo.ActiveFaults()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("faults: %v\n", faults)
+			return nil
+		},
+	}
+}
+
+func pingCmd(o *options) *cobra.Command {
+	var outside bool
+	cmd := &cobra.Command{
+		Use:   "ping",
+		Short: "ping every pod from every pod and print the matrix (exit 1 when one fails)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := o.cluster().PingMatrix(cmd.Context(), outside)
+			if err != nil {
+				return err
+			}
+			lab.PrintMatrix(os.Stdout, res)
+			for _, r := range res {
+				if !r.OK {
+					return errors.New("some pings failed")
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&outside, "outside", false, "also ping the outside host from each pod")
+	return cmd
+}
+
+func modeCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "mode ipip|crosssubnet|direct|vxlan|vxlan-crosssubnet",
+		Short: "patch the pool's encapsulation, as the articles do with calicoctl",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := lab.ParseMode(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			return o.cluster().SetMode(cmd.Context(), m)
+		},
+	}
+}
+
+func routesCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "routes HOST",
+		Short: "print a host's routing table as `route -n` does",
+		Args:  exactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			c := o.cluster()
+			if _, ok := c.Topo.Host(args[0]); !ok {
+				return usageError{fmt.Errorf("unknown host %q", args[0])}
+			}
+			return c.Topo.RouteTable(os.Stdout, args[0])
+		},
+	}
+}
+
+func onOff(s string) (bool, error) {
+	switch s {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, usageError{fmt.Errorf("expected on or off, got %q", s)}
+}
+
+func birdCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "bird on|off",
+		Short: "run BIRD2 on the router and peer every host with it (BGPPeer resources)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			on, err := onOff(args[0])
+			if err != nil {
+				return err
+			}
+			return o.cluster().SetBird(cmd.Context(), on)
+		},
+	}
+}
+
+func faultCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "fault bgp-port|ipip-proto|vxlan-port|srcdst-check|mtu on|off",
+		Short: "inject one of the failures the articles met on AWS into the fabric",
+		Args:  exactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			f, err := lab.ParseFault(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			on, err := onOff(args[1])
+			if err != nil {
+				return err
+			}
+			return o.cluster().Topo.SetFault(f, on)
+		},
+	}
+}
+
+func natCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "nat on|off",
+		Short: "set the pool's natOutgoing",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			on, err := onOff(args[0])
+			if err != nil {
+				return err
+			}
+			return o.cluster().SetNATOutgoing(cmd.Context(), on)
+		},
+	}
+}
+
+func ctlCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:                "ctl HOST [tabbyctl args...]",
+		Short:              "run tabbyctl on a host against the lab's etcd and that host's tabbyd",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 {
+				return usageError{errors.New("ctl needs a host")}
+			}
+			c := o.cluster()
+			if _, ok := c.Topo.Host(args[0]); !ok {
+				return usageError{fmt.Errorf("unknown host %q", args[0])}
+			}
+			rest := append([]string{"--socket", c.StatusSocket(args[0])}, args[1:]...)
+			out, err := c.Ctl(cmd.Context(), args[0], rest...)
+			fmt.Print(out)
+			return err
+		},
+	}
+}
+
+// etcdCmd is internal: `up` runs it inside the router's namespace so the lab's etcd is a
+// real etcd server embedded in tabbylab, reachable at the router's address in each subnet.
+func etcdCmd() *cobra.Command {
+	var dataDir, listen string
+	cmd := &cobra.Command{
+		Use:    "etcd",
+		Short:  "run the lab's embedded etcd (started by up inside the router namespace)",
+		Hidden: true,
+		Args:   exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			first := strings.Split(listen, ",")[0]
+			host, _, ok := strings.Cut(first, ":")
+			if !ok {
+				return usageError{fmt.Errorf("--listen %q: want host:port", listen)}
+			}
+			srv, err := etcdembed.Start(cmd.Context(), etcdembed.Options{
+				Dir: dataDir, Host: "0.0.0.0", AdvertiseHost: host,
+				ClientPort: lab.EtcdPort, PeerPort: lab.EtcdPort + 1, Fast: true,
+			})
+			if err != nil {
+				return err
+			}
+			defer srv.Close()
+			fmt.Printf("etcd serving on %s\n", srv.Endpoint)
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "etcd data directory")
+	cmd.Flags().StringVar(&listen, "listen", "", "comma-separated host:port the clients use")
+	return cmd
+}

@@ -1,0 +1,94 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// RouterAS is the router's AS when BIRD runs on it; the hosts keep tabby's default 64512,
+// so the sessions are eBGP as towards a top-of-rack router.
+const RouterAS = 64513
+
+// birdConfig peers the router with every host and installs what it learns in its kernel,
+// which is what makes Direct mode work across subnets: the router learns the blocks.
+func (c *Cluster) birdConfig() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# written by tabbylab\nrouter id %s;\nprotocol device {}\n", c.Topo.Segments[0].Router.Addr())
+	b.WriteString("protocol kernel {\n  ipv4 { import none; export all; };\n  merge paths on;\n}\n")
+	fmt.Fprintf(&b, "template bgp tabbyhost {\n  local as %d;\n  connect retry time 1;\n  ipv4 { import all; export none; };\n}\n", RouterAS)
+	for _, h := range c.Topo.Hosts {
+		fmt.Fprintf(&b, "protocol bgp %s from tabbyhost { neighbor %s as 64512; }\n", birdName(h.Name), h.Addr.Addr())
+	}
+	return b.String()
+}
+
+func birdName(host string) string { return "host_" + strings.NewReplacer("-", "_", ".", "_").Replace(host) }
+
+// birdPeers are the BGPPeer resources that make every host peer with the router's address
+// in its own subnet, chosen by the subnet label tabbylab gives each node.
+func (c *Cluster) birdPeers() string {
+	var b strings.Builder
+	for _, s := range c.Topo.Segments {
+		fmt.Fprintf(&b, `---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata:
+  name: router-%s
+spec:
+  peerIP: %s
+  asNumber: %d
+  nodeSelector: subnet == '%s'
+`, s.Name, s.Router.Addr(), RouterAS, s.Name)
+	}
+	return b.String()
+}
+
+// BirdSocket is the control socket of the router's BIRD.
+func (c *Cluster) BirdSocket() string { return filepath.Join(c.StateDir, "bird.ctl") }
+
+// SetBird starts BIRD2 on the router and peers every host with it, or undoes both.
+func (c *Cluster) SetBird(ctx context.Context, on bool) error {
+	if !on {
+		for _, s := range c.Topo.Segments {
+			if _, err := c.Ctl(ctx, "master", "delete", "bgppeer", "router-"+s.Name); err != nil && !strings.Contains(err.Error(), "not found") {
+				return err
+			}
+		}
+		pid, err := readPID(c.pidFile("bird"))
+		if err != nil {
+			return err
+		}
+		if pid > 0 {
+			if err := stopPID(pid, "bird", 5*time.Second); err != nil {
+				return err
+			}
+		}
+		return os.Remove(c.pidFile("bird"))
+	}
+	conf := filepath.Join(c.StateDir, "bird.conf")
+	if err := os.WriteFile(conf, []byte(c.birdConfig()), 0o644); err != nil {
+		return err
+	}
+	if pid, _ := readPID(c.pidFile("bird")); pid == 0 || !pidRuns(pid, "bird") {
+		if _, err := startInNS(c.Topo.RouterNS(), c.logFile("bird"), c.pidFile("bird"), nil,
+			"bird", "-f", "-c", conf, "-s", c.BirdSocket()); err != nil {
+			return fmt.Errorf("start BIRD on the router: %w", err)
+		}
+	}
+	_, err := c.ctlWithInput(ctx, "master", strings.NewReader(c.birdPeers()), "apply", "-f", "-")
+	return err
+}
+
+// BirdRoutes returns what the router's BIRD has learned (`birdc show route`).
+func (c *Cluster) BirdRoutes(ctx context.Context) (string, error) {
+	cmd := Command(c.Topo.RouterNS(), "birdc", "-s", c.BirdSocket(), "show", "route")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("birdc show route: %w: %s", err, out)
+	}
+	return string(out), nil
+}
