@@ -1,0 +1,438 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultRefreshInterval is how often the reconciler re-reads the kernel and restores what
+// someone else removed (a flushed table, a deleted jump, an emptied ipset), when Options do
+// not say otherwise.
+const DefaultRefreshInterval = 10 * time.Second
+
+// Retry backoff after a failed sync.
+const (
+	minBackoff = 200 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// Options configure a NAT reconciler.
+type Options struct {
+	// Backend is BackendAuto (or ""), BackendNFT or BackendLegacy: dataplane.iptablesBackend.
+	Backend string
+	// NetNSPath is the network namespace to manage, such as /run/netns/x; "" is the
+	// namespace of the calling process, which is what tabbyd uses.
+	NetNSPath string
+	// Logger receives the reconciler's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// RefreshInterval is the period of the full check against the kernel; 0 means
+	// DefaultRefreshInterval.
+	RefreshInterval time.Duration
+}
+
+func (o Options) withDefaults() (Options, error) {
+	switch o.Backend {
+	case "":
+		o.Backend = BackendAuto
+	case BackendAuto, BackendNFT, BackendLegacy:
+	default:
+		return o, fmt.Errorf("iptables backend %q: must be %s, %s or %s", o.Backend, BackendAuto, BackendNFT, BackendLegacy)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.RefreshInterval < 0 {
+		return o, fmt.Errorf("refresh interval %v: must not be negative", o.RefreshInterval)
+	}
+	if o.RefreshInterval == 0 {
+		o.RefreshInterval = DefaultRefreshInterval
+	}
+	return o, nil
+}
+
+// Status is what the reconciler reports for the status socket, readiness and metrics.
+type Status struct {
+	// Backend is the iptables backend in use ("nft" or "legacy"), empty until detected, and
+	// BackendReason why it was chosen.
+	Backend       string
+	BackendReason string
+	// RandomFully tells whether MASQUERADE rules carry --random-fully on this host.
+	RandomFully bool
+	// Synced is true once a desired state has been fully applied.
+	Synced bool
+	// InSync is true when the latest desired state is applied and the last check of the
+	// kernel found (or made) it right.
+	InSync bool
+	// ForwardAccept is true when the host's FORWARD policy is DROP and tabby-FORWARD is in
+	// place to let pool traffic through.
+	ForwardAccept bool
+	// LastSync is the end of the last successful sync; LastSyncDuration how long it took.
+	LastSync         time.Time
+	LastSyncDuration time.Duration
+	// LastError is the error of the last failed sync, cleared by the next success.
+	LastError     string
+	LastErrorTime time.Time
+	// Changes counts every change made to the kernel: rules, chains and set members.
+	Changes uint64
+	// Repairs counts the periodic checks that found the kernel changed behind tabby's back
+	// and put it right.
+	Repairs uint64
+}
+
+// NAT is the reconciler of tabby's NAT outgoing state on one host. Producers call Set; Run
+// is the only goroutine that touches the kernel.
+type NAT struct {
+	opts   Options
+	log    *slog.Logger
+	wake   chan struct{} // capacity 1: a pending wake-up absorbs any number of Sets
+	synced chan struct{} // closed after the first successful sync
+
+	mu      sync.Mutex
+	desired *Desired // nil until the first Set
+	status  Status
+}
+
+// New returns a reconciler. It touches nothing until Run is called and Set has given it a
+// desired state.
+func New(opts Options) (*NAT, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if o.NetNSPath != "" {
+		h, err := openNetNS(o.NetNSPath)
+		if err != nil {
+			return nil, err
+		}
+		h.Close()
+	}
+	return &NAT{
+		opts:   o,
+		log:    o.Logger.With("subsystem", "nat"),
+		wake:   make(chan struct{}, 1),
+		synced: make(chan struct{}),
+	}, nil
+}
+
+// Set publishes the complete desired state. It never blocks: the latest state wins, and
+// the reconciler applies it as soon as it is free.
+func (n *NAT) Set(d Desired) {
+	norm, problems := d.normalize()
+	for _, p := range problems {
+		n.log.Warn("ignoring part of the desired NAT state", "err", p)
+	}
+	n.mu.Lock()
+	same := n.desired != nil && n.desired.Equal(norm)
+	n.desired = &norm
+	n.mu.Unlock()
+	if same {
+		return
+	}
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Synced reports whether a desired state has been fully applied at least once; the daemon's
+// readiness and READY=1 wait for it.
+func (n *NAT) Synced() bool {
+	select {
+	case <-n.synced:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitSynced blocks until Synced is true or ctx is done.
+func (n *NAT) WaitSynced(ctx context.Context) error {
+	select {
+	case <-n.synced:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Status returns a copy of the reconciler's status.
+func (n *NAT) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.status
+}
+
+func (n *NAT) latest() *Desired {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.desired
+}
+
+func (n *NAT) updateStatus(f func(*Status)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f(&n.status)
+}
+
+// Run is the reconciler's goroutine: it applies each new desired state, re-checks the
+// kernel every RefreshInterval, and retries failures with backoff. Nothing is applied before
+// the first Set, so a restarted tabbyd leaves the previous run's rules alone until it knows
+// what it wants, and then changes only what differs. Run returns nil when ctx is done,
+// leaving every rule and set in place (SPEC §5: stopping tabbyd changes nothing), and an
+// error only if it cannot start.
+func (n *NAT) Run(ctx context.Context) error {
+	ns, err := openNetNS(n.opts.NetNSPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Errorf("netlink netfilter socket: %w", err)
+	}
+	defer nl.Close()
+	s := &syncer{runner: runner{ns: ns}, ipsets: nl, backendWanted: n.opts.Backend}
+
+	ticker := time.NewTicker(n.opts.RefreshInterval)
+	defer ticker.Stop()
+	retry := time.NewTimer(0)
+	if !retry.Stop() {
+		<-retry.C
+	}
+	defer retry.Stop()
+	backoff := minBackoff
+	var applied *Desired // the last desired state applied in full
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.wake:
+		case <-ticker.C:
+		case <-retry.C:
+		}
+		d := n.latest()
+		if d == nil {
+			continue
+		}
+		periodic := applied != nil && applied.Equal(*d)
+		start := time.Now()
+		res, err := s.sync(ctx, *d)
+		n.report(res)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			n.log.Error("NAT sync failed; retrying", "err", err, "retry_in", backoff)
+			n.updateStatus(func(st *Status) {
+				st.InSync = false
+				st.LastError = err.Error()
+				st.LastErrorTime = time.Now()
+			})
+			retry.Reset(backoff)
+			backoff = min(backoff*2, maxBackoff)
+			continue
+		}
+		retry.Stop()
+		backoff = minBackoff
+		applied = d
+		n.updateStatus(func(st *Status) {
+			st.Synced, st.InSync = true, true
+			st.LastSync, st.LastSyncDuration = time.Now(), time.Since(start)
+			st.LastError, st.LastErrorTime = "", time.Time{}
+			if periodic && len(res.changes) > 0 {
+				st.Repairs++
+			}
+		})
+		switch {
+		case periodic && len(res.changes) > 0:
+			n.log.Warn("restored NAT state changed by someone else", "changes", strings.Join(res.changes, "; "))
+		case len(res.changes) > 0:
+			n.log.Info("applied NAT state", "masq_pools", len(d.MasqPools), "pools", len(d.AllPools),
+				"changes", len(res.changes), "took", time.Since(start))
+			for _, c := range res.changes {
+				n.log.Debug("NAT change", "change", c)
+			}
+		}
+		if !n.Synced() {
+			close(n.synced)
+		}
+	}
+}
+
+// report records what a sync learned and changed, whether or not it finished.
+func (n *NAT) report(res syncResult) {
+	n.updateStatus(func(st *Status) {
+		st.Changes += uint64(len(res.changes))
+		if res.backend != nil {
+			st.Backend, st.BackendReason = res.backend.mode, res.backendReason
+			st.RandomFully = res.features.randomFully
+		}
+		st.ForwardAccept = res.forwardAccept
+	})
+	if res.detected {
+		n.log.Info("iptables backend selected", "backend", res.backend.mode, "reason", res.backendReason,
+			"iptables", res.backend.iptablesBin, "random_fully", res.features.randomFully, "note", res.featureNote)
+	}
+}
+
+// syncer holds what the reconciler learned about the host across syncs.
+type syncer struct {
+	runner        runner
+	ipsets        ipsetKernel
+	backendWanted string
+
+	backend       *backend // nil until detected
+	backendReason string
+	features      features
+	featureNote   string
+}
+
+type syncResult struct {
+	changes       []string
+	backend       *backend
+	backendReason string
+	features      features
+	featureNote   string
+	detected      bool // the backend was selected in this sync
+	forwardAccept bool
+}
+
+// sync makes the kernel match d: the ipsets first (the rules refer to them), then both
+// tables in one iptables-restore run, each table one atomic transaction.
+func (s *syncer) sync(ctx context.Context, d Desired) (syncResult, error) {
+	var res syncResult
+	if s.backend == nil {
+		b, reason, err := selectBackend(ctx, s.runner, s.backendWanted)
+		if err != nil {
+			return res, err
+		}
+		f, note, err := b.probeFeatures(ctx, s.runner)
+		if err != nil {
+			return res, fmt.Errorf("probe iptables features: %w", err)
+		}
+		s.backend, s.backendReason, s.features, s.featureNote = b, reason, f, note
+		res.detected = true
+	}
+	res.backend, res.backendReason, res.features, res.featureNote = s.backend, s.backendReason, s.features, s.featureNote
+
+	changes, err := syncSets(s.ipsets, d)
+	res.changes = append(res.changes, changes...)
+	if err != nil {
+		return res, err
+	}
+
+	tables, err := s.backend.saveAll(ctx, s.runner)
+	if err != nil {
+		return res, fmt.Errorf("read iptables: %w", err)
+	}
+	res.forwardAccept = forwardDrops(tables[tableFilter])
+	var script strings.Builder
+	var planned []string
+	for _, want := range []tableSpec{natTable(d, s.features), filterTable(res.forwardAccept)} {
+		p := planTable(tables[want.table], want)
+		if p.empty() {
+			continue
+		}
+		script.WriteString(p.script())
+		for _, c := range p.changes {
+			planned = append(planned, want.table+": "+c)
+		}
+	}
+	if script.Len() == 0 {
+		return res, nil
+	}
+	if err := s.backend.restore(ctx, s.runner, script.String()); err != nil {
+		return res, fmt.Errorf("apply iptables changes (%s): %w", strings.Join(planned, "; "), err)
+	}
+	res.changes = append(res.changes, planned...)
+	return res, nil
+}
+
+// forwardDrops reports whether the filter table's FORWARD chain drops what no rule accepts.
+// A filter table that does not exist accepts everything.
+func forwardDrops(filter *tableState) bool {
+	return filter != nil && filter.policies["FORWARD"] == "DROP"
+}
+
+// Cleanup removes everything tabby's NAT installed in the namespace opts names (for `tabbyd
+// cleanup`): the jumps and any other rule with a tabby comment in others' chains, every
+// tabby- chain, and the ipsets, in that order (the kernel keeps a set while a rule uses it).
+// Both iptables backends are cleaned, since a change of dataplane.iptablesBackend may have
+// left rules in the other; a failure to read the backend the host does not use is only
+// logged. Rules and chains of others are left as they are.
+func Cleanup(ctx context.Context, opts Options) error {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return err
+	}
+	log := o.Logger.With("subsystem", "nat")
+	ns, err := openNetNS(o.NetNSPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	r := runner{ns: ns}
+	primary, _, err := selectBackend(ctx, r, o.Backend)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, mode := range []string{BackendNFT, BackendLegacy} {
+		b := primary
+		if mode != primary.mode {
+			if b, err = findBackend(ctx, mode); err != nil {
+				continue // not installed: nothing of tabby's can be in it
+			}
+		}
+		if err := cleanBackend(ctx, r, b, log); err != nil {
+			if b == primary {
+				errs = append(errs, err)
+			} else {
+				log.Warn("could not clean the other iptables backend", "backend", mode, "err", err)
+			}
+		}
+	}
+	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("netlink netfilter socket: %w", err))...)
+	}
+	defer nl.Close()
+	if err := destroySets(nl); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func cleanBackend(ctx context.Context, r runner, b *backend, log *slog.Logger) error {
+	tables, err := b.saveAll(ctx, r)
+	if err != nil {
+		return fmt.Errorf("read iptables (%s): %w", b.mode, err)
+	}
+	var script strings.Builder
+	for name, cur := range tables {
+		p := planTable(cur, tableSpec{table: name}) // wanting nothing: every tabby rule and chain goes
+		if p.empty() {
+			continue
+		}
+		script.WriteString(p.script())
+		for _, c := range p.changes {
+			log.Info("cleanup", "backend", b.mode, "table", name, "change", c)
+		}
+	}
+	if script.Len() == 0 {
+		return nil
+	}
+	if err := b.restore(ctx, r, script.String()); err != nil {
+		return fmt.Errorf("remove tabby's iptables rules (%s): %w", b.mode, err)
+	}
+	return nil
+}

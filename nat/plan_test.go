@@ -1,0 +1,295 @@
+package nat
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func prefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
+
+// masqDesired is the state of the golden files: one pool with natOutgoing, one without, and
+// both tunnel devices.
+var masqDesired = Desired{
+	MasqPools:     prefixes("10.244.0.0/16"),
+	AllPools:      prefixes("10.244.0.0/16", "10.250.0.0/16"),
+	TunnelDevices: []string{IPIPDevice, VXLANDevice},
+}
+
+func readGolden(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// applyPlans plans both tables against f, applies the plans, and returns what changed.
+func applyPlans(t *testing.T, f fakeTables, d Desired, feat features, forwardDrop bool) []string {
+	t.Helper()
+	var changes []string
+	for _, want := range []tableSpec{natTable(d, feat), filterTable(forwardDrop)} {
+		cur := f[want.table]
+		p := planTable(cur, want)
+		if p.empty() {
+			continue
+		}
+		if err := f.restore(p.script()); err != nil {
+			t.Fatalf("restore of the plan failed: %v\n%s", err, p.script())
+		}
+		changes = append(changes, p.changes...)
+	}
+	return changes
+}
+
+func TestNATRulesMatchSpec(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{randomFully: true}, false)
+	// The same golden file is what the kernel must print in the root tests.
+	if got, want := f.save(), readGolden(t, "nat-masq.golden"); got != want {
+		t.Errorf("nat table:\n%s\nwant:\n%s", got, want)
+	}
+	masq := f[tableNAT].chains[ChainNATOutgoing]
+	if len(masq) != 1 || !strings.HasSuffix(masq[0],
+		"-m set --match-set tabby40masq-ipam-pools src -m set ! --match-set tabby40all-ipam-pools dst -j MASQUERADE --random-fully") {
+		t.Errorf("tabby-nat-outgoing = %q, not SPEC §6's rule", masq)
+	}
+}
+
+func TestNATRulesWithoutRandomFully(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{}, false)
+	for _, r := range f[tableNAT].chains[ChainNATOutgoing] {
+		if strings.Contains(r, "random-fully") {
+			t.Errorf("rule %q uses --random-fully on a host without it", r)
+		}
+	}
+}
+
+func TestNATOutgoingOffEmptiesChain(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{randomFully: true}, false)
+	off := masqDesired
+	off.MasqPools = nil
+	changes := applyPlans(t, f, off, features{randomFully: true}, false)
+	if got, want := f.save(), readGolden(t, "nat-nomasq.golden"); got != want {
+		t.Errorf("nat table:\n%s\nwant:\n%s", got, want)
+	}
+	if len(changes) != 1 || !strings.HasPrefix(changes[0], "delete rule "+ChainNATOutgoing) {
+		t.Errorf("changes = %q, want only the MASQUERADE rule deleted", changes)
+	}
+}
+
+func TestForwardChainOnlyWhereForwardDrops(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{}, true)
+	fwd := f[tableFilter].chains[ChainForward]
+	want := []string{"-m set --match-set tabby40all-ipam-pools src -j ACCEPT", "-m set --match-set tabby40all-ipam-pools dst -j ACCEPT"}
+	if len(fwd) != 2 || !strings.HasSuffix(fwd[0], want[0]) || !strings.HasSuffix(fwd[1], want[1]) {
+		t.Fatalf("tabby-FORWARD = %q", fwd)
+	}
+	if hook := f[tableFilter].chains["FORWARD"]; len(hook) != 1 || !strings.HasSuffix(hook[0], "-j "+ChainForward) {
+		t.Fatalf("FORWARD = %q", hook)
+	}
+	applyPlans(t, f, masqDesired, features{}, false)
+	if _, ok := f[tableFilter].chains[ChainForward]; ok || len(f[tableFilter].chains["FORWARD"]) != 0 {
+		t.Errorf("FORWARD accepts again but tabby's chain stays:\n%s", f.save())
+	}
+}
+
+// TestPlanAdoptsExistingState: a restarted tabbyd that finds its own rules plans nothing.
+func TestPlanAdoptsExistingState(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{randomFully: true}, true)
+	parsed, err := parseSave(f.save())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []tableSpec{natTable(masqDesired, features{randomFully: true}), filterTable(true)} {
+		if p := planTable(parsed[want.table], want); !p.empty() {
+			t.Errorf("%s: adopting the installed state plans changes:\n%s", want.table, p.script())
+		}
+	}
+}
+
+func TestJumpPutBackFirst(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{}, false)
+	post := f[tableNAT].chains["POSTROUTING"]
+	foreign := "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+	f[tableNAT].chains["POSTROUTING"] = append([]string{foreign}, post...)
+	p := planTable(f[tableNAT], natTable(masqDesired, features{}))
+	if err := f.restore(p.script()); err != nil {
+		t.Fatal(err)
+	}
+	got := f[tableNAT].chains["POSTROUTING"]
+	if len(got) != 2 || got[0] != post[0] || got[1] != foreign {
+		t.Errorf("POSTROUTING = %q, want tabby's jump first, then docker's rule", got)
+	}
+	if !slices.Equal(p.lines, []string{"-D POSTROUTING " + post[0], "-I POSTROUTING 1 " + post[0]}) {
+		t.Errorf("plan = %q", p.lines)
+	}
+}
+
+func TestParseSave(t *testing.T) {
+	out := `# Generated by iptables-save v1.8.9 on Sat Nov 21 04:01:49 2026
+*nat
+:PREROUTING ACCEPT [3:180]
+:POSTROUTING ACCEPT [0:0]
+:tabby-POSTROUTING - [0:0]
+-A POSTROUTING -m comment --comment "tabby:j_x-1" -j tabby-POSTROUTING
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+COMMIT
+# Completed on Sat Nov 21 04:01:49 2026
+*filter
+:FORWARD DROP [0:0]
+COMMIT
+`
+	tables, err := parseSave(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat := tables[tableNAT]
+	if got := nat.chains["POSTROUTING"]; len(got) != 2 || got[1] != "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE" {
+		t.Errorf("POSTROUTING = %q", got)
+	}
+	if _, ok := nat.chains[ChainPostrouting]; !ok || nat.policies["PREROUTING"] != "ACCEPT" {
+		t.Errorf("chains %v policies %v", nat.chains, nat.policies)
+	}
+	if id, ok := ruleID(nat.chains["POSTROUTING"][0]); !ok || id != "j_x-1" {
+		t.Errorf("ruleID = %q %v", id, ok)
+	}
+	if _, ok := ruleID(nat.chains["POSTROUTING"][1]); ok {
+		t.Error("docker's rule taken for tabby's")
+	}
+	if !forwardDrops(tables[tableFilter]) || forwardDrops(nil) {
+		t.Error("FORWARD policy misread")
+	}
+	if _, err := parseSave("-A POSTROUTING -j X\n"); err == nil {
+		t.Error("a rule outside any table was accepted")
+	}
+}
+
+// TestPlanConvergesFromAnyState starts from random mixtures of tabby's rules (current, stale,
+// duplicated, reordered, edited), others' rules in the built-in chains and in tabby's chains,
+// and leftover tabby chains, and checks that one plan reaches exactly the wanted state,
+// leaves others' rules in built-in chains where they were, and that a second plan is empty.
+func TestPlanConvergesFromAnyState(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	desires := []Desired{
+		masqDesired,
+		{AllPools: prefixes("10.244.0.0/16")},
+		{MasqPools: prefixes("10.1.0.0/16", "10.2.0.0/16"), AllPools: prefixes("10.1.0.0/16", "10.2.0.0/16"), TunnelDevices: []string{IPIPDevice}},
+	}
+	foreignPost := []string{"-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "-o eth9 -j SNAT --to-source 192.0.2.1", "-j KUBE-POSTROUTING"}
+	for iter := range 400 {
+		from, to := desires[rng.IntN(len(desires))], desires[rng.IntN(len(desires))]
+		feat := features{randomFully: rng.IntN(2) == 0}
+		f := fakeTables{}
+		applyPlans(t, f, from, features{randomFully: rng.IntN(2) == 0}, rng.IntN(2) == 0)
+		nat := f[tableNAT]
+		// Others' rules around tabby's jump.
+		for _, r := range foreignPost {
+			if rng.IntN(2) == 0 {
+				post := nat.chains["POSTROUTING"]
+				nat.chains["POSTROUTING"] = slices.Insert(post, rng.IntN(len(post)+1), r)
+			}
+		}
+		// Mess with tabby's chains.
+		for _, c := range []string{ChainPostrouting, ChainNATOutgoing} {
+			rules := nat.chains[c]
+			switch rng.IntN(6) {
+			case 0:
+				rng.Shuffle(len(rules), func(i, j int) { rules[i], rules[j] = rules[j], rules[i] })
+			case 1:
+				if len(rules) > 0 {
+					rules = append(rules, rules[rng.IntN(len(rules))]) // duplicate
+				}
+			case 2:
+				rules = slices.Insert(rules, rng.IntN(len(rules)+1), "-j ACCEPT") // someone else's
+			case 3:
+				rules = append(rules, `-m comment --comment "tabby:oldoldoldold" -j RETURN`) // stale tabby rule
+			case 4:
+				delete(nat.chains, c)
+				for name, rs := range nat.chains {
+					nat.chains[name] = slices.DeleteFunc(rs, func(r string) bool { return strings.Contains(r, "-j "+c) })
+				}
+				continue
+			}
+			nat.chains[c] = rules
+		}
+		if rng.IntN(3) == 0 { // a duplicate or stale jump
+			nat.chains["POSTROUTING"] = append(nat.chains["POSTROUTING"], `-m comment --comment "tabby:stalejump123" -j tabby-old`)
+			nat.chains["tabby-old"] = []string{`-m comment --comment "tabby:x" -j tabby-older`}
+			nat.chains["tabby-older"] = []string{"-j RETURN"}
+		}
+		var foreignBefore []string
+		for _, r := range nat.chains["POSTROUTING"] {
+			if _, ok := ruleID(r); !ok {
+				foreignBefore = append(foreignBefore, r)
+			}
+		}
+		before := f.save()
+
+		parsed, err := parseSave(before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []tableSpec{natTable(to, feat), filterTable(false)} {
+			p := planTable(parsed[want.table], want)
+			if p.empty() {
+				continue
+			}
+			if err := f.restore(p.script()); err != nil {
+				t.Fatalf("iteration %d: %v\nfrom:\n%s\nplan:\n%s", iter, err, before, p.script())
+			}
+		}
+		want := fakeTables{}
+		applyPlans(t, want, to, feat, false)
+		post := f[tableNAT].chains["POSTROUTING"]
+		wantJump := want[tableNAT].chains["POSTROUTING"][0]
+		if len(post) == 0 || post[0] != wantJump || !slices.Equal(post[1:], foreignBefore) {
+			t.Fatalf("iteration %d: POSTROUTING = %q, want tabby's jump then %q\nfrom:\n%s", iter, post, foreignBefore, before)
+		}
+		for _, c := range []string{ChainPostrouting, ChainNATOutgoing} {
+			if got, w := f[tableNAT].chains[c], want[tableNAT].chains[c]; !slices.Equal(got, w) {
+				t.Fatalf("iteration %d: %s = %q, want %q\nfrom:\n%s", iter, c, got, w, before)
+			}
+		}
+		for name := range f[tableNAT].chains {
+			if isTabbyChain(name) && name != ChainPostrouting && name != ChainNATOutgoing {
+				t.Fatalf("iteration %d: stale chain %s left", iter, name)
+			}
+		}
+		again, _ := parseSave(f.save())
+		if p := planTable(again[tableNAT], natTable(to, feat)); !p.empty() {
+			t.Fatalf("iteration %d: second plan not empty:\n%s", iter, p.script())
+		}
+	}
+}
+
+func TestCleanupPlanRemovesOnlyTabby(t *testing.T) {
+	f := fakeTables{}
+	applyPlans(t, f, masqDesired, features{}, true)
+	foreign := "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+	f[tableNAT].chains["POSTROUTING"] = append([]string{foreign}, f[tableNAT].chains["POSTROUTING"]...)
+	for _, name := range []string{tableNAT, tableFilter} {
+		p := planTable(f[name], tableSpec{table: name})
+		if err := f.restore(p.script()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.save(); strings.Contains(got, "tabby") || !strings.Contains(got, "-A POSTROUTING "+foreign) {
+		t.Errorf("after cleanup:\n%s", got)
+	}
+}
