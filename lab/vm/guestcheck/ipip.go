@@ -43,13 +43,19 @@ type ipipHost struct {
 // touched; they vanish with their last file descriptor.
 func ipipCheck() (string, error) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	origin, err := netns.Get()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return "", fmt.Errorf("get the current netns: %w", err)
 	}
-	defer origin.Close()
-	defer netns.Set(origin) //nolint:errcheck // best effort on the way out; the thread is locked and dies with us
+	defer func() {
+		// Only a thread back in its own namespace may serve other goroutines again; one that
+		// cannot return stays locked, and Go ends it with this goroutine.
+		if netns.Set(origin) == nil {
+			runtime.UnlockOSThread()
+		}
+		origin.Close()
+	}()
 
 	a := &ipipHost{name: "node-a", nic: "eth-a",
 		underlay: mustCIDR("10.99.0.1/24"), tunnelIP: net.ParseIP("192.168.10.1"), block: mustNet("192.168.10.0/26")}
