@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# lab/vm/run.sh — run tabby's code inside a qemu VM booted on Debian's stock kernel.
+#
+# Why: the machines tabby is built on run a kernel without the ipip module, so tabby's IPIP
+# code paths (tunl0, onlink routes through it, real encapsulated packets) cannot be exercised
+# there. Debian's stock kernel has ipip and boots under qemu in seconds, with no disk and no
+# network device: an initramfs carries busybox, the needed kernel modules, tabby's static
+# binaries and test binaries, an /init (lab/vm/init) and the test plan (lab/vm/plan).
+#
+# What it does, idempotently: installs the host tools it lacks (apt-get); resolves the kernel
+# package through its metapackage (the ABI number changes with every security update) and
+# downloads it and busybox-static with `apt-get download` into VM_CACHE, unpacking the kernel
+# once; builds everything with CGO_ENABLED=0; packs the initramfs; boots qemu under a time
+# limit; streams the serial console; and exits 0 only on "TABBY-VM-RESULT: PASS".
+#
+# The VM has no NIC (-nic none): nothing leaves it and nothing on the host's network changes.
+#
+# Settings (environment):
+#   VM_CACHE         downloads and unpacked kernels           (/var/cache/tabby-vm)
+#   VM_FLAVOUR       cloud (linux-image-cloud-amd64) | generic (linux-image-amd64)   (cloud)
+#   VM_ACCEL         tcg | kvm; kvm only where the CPU shows vmx/svm AND /dev/kvm runs stock
+#                    kernels (on the build machines it hangs them)                    (tcg)
+#   VM_PLAN          the guest test plan                       (lab/vm/plan)
+#   VM_TIMEOUT       seconds for the whole VM run               (300)
+#   VM_STEP_TIMEOUT  seconds for one plan step                 (240)
+#   VM_MEM, VM_SMP   guest memory in MiB and CPUs              (1024, 2)
+#   VM_MODULES       kernel modules to load, dependencies added from modules.dep
+#   VM_CMDS          tabby's main packages to put on the guest's PATH      (./cmd/...)
+#   VM_KEEP=1        keep the work directory (initramfs, serial log) and print its path
+#   GO, LDFLAGS      the Go command and the link flags of `make build`
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+VM_CACHE=${VM_CACHE:-/var/cache/tabby-vm}
+VM_FLAVOUR=${VM_FLAVOUR:-cloud}
+VM_ACCEL=${VM_ACCEL:-tcg}
+VM_PLAN=${VM_PLAN:-$here/plan}
+VM_TIMEOUT=${VM_TIMEOUT:-300}
+VM_STEP_TIMEOUT=${VM_STEP_TIMEOUT:-240}
+VM_MEM=${VM_MEM:-1024}
+VM_SMP=${VM_SMP:-2}
+VM_KEEP=${VM_KEEP:-0}
+VM_CMDS=${VM_CMDS-./cmd/...}
+GO=${GO:-go}
+LDFLAGS=${LDFLAGS:-}
+# Tunnels and their helpers, the underlay (veth, bridge, dummy), and what iptables-legacy,
+# iptables-nft and ipset need for tabby's MASQUERADE rules (SPEC §6).
+VM_MODULES=${VM_MODULES:-"ipip tunnel4 ip_tunnel vxlan udp_tunnel ip6_udp_tunnel veth bridge dummy
+ x_tables ip_tables iptable_nat iptable_filter iptable_mangle nf_nat nf_conntrack nf_defrag_ipv4
+ nf_defrag_ipv6 xt_MASQUERADE xt_nat xt_set xt_comment xt_addrtype xt_conntrack xt_mark xt_tcpudp
+ nfnetlink ip_set ip_set_hash_net nf_tables nft_compat nft_chain_nat nft_nat nft_masq nft_ct"}
+
+log() { printf 'vm: %s\n' "$*" >&2; }
+die() {
+	printf 'vm: FAIL: %s\n' "$*" >&2
+	exit 1
+}
+
+case $VM_FLAVOUR in
+cloud) meta=linux-image-cloud-amd64 ;;
+generic) meta=linux-image-amd64 ;;
+*) die "VM_FLAVOUR=$VM_FLAVOUR: want cloud or generic" ;;
+esac
+case $VM_ACCEL in
+tcg) accel=(-accel tcg) ;;
+kvm)
+	grep -qE '\b(vmx|svm)\b' /proc/cpuinfo ||
+		die "VM_ACCEL=kvm: this CPU shows no vmx/svm; its /dev/kvm only runs specially built guests and hangs a stock kernel; use VM_ACCEL=tcg"
+	accel=(-accel kvm -cpu host)
+	;;
+*) die "VM_ACCEL=$VM_ACCEL: want tcg or kvm" ;;
+esac
+[[ -f $VM_PLAN ]] || die "no plan file $VM_PLAN"
+
+work=""
+vm_pid=""
+tail_pid=""
+cleanup() {
+	local rc=$?
+	if [[ -n $tail_pid ]]; then kill "$tail_pid" 2>/dev/null || true; fi
+	if [[ -n $vm_pid ]] && kill -0 "$vm_pid" 2>/dev/null; then
+		log "stopping the VM (pid $vm_pid)"
+		kill "$vm_pid" 2>/dev/null || true # timeout(1) passes the signal on to qemu
+		wait "$vm_pid" 2>/dev/null || true
+	fi
+	if [[ -n $work ]]; then
+		if [[ $VM_KEEP == 1 ]]; then log "kept $work"; else rm -rf "$work"; fi
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- host tools ---------------------------------------------------------------------------
+
+apt_updated=0
+apt_update() {
+	((apt_updated)) && return 0
+	[[ $(id -u) == 0 ]] || die "apt-get update needs root"
+	log "apt-get update"
+	apt-get update -qq
+	apt_updated=1
+}
+
+# need_tools installs the Debian package of every "command:package" pair whose command is missing.
+need_tools() {
+	local pair missing=()
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+	done
+	((${#missing[@]})) || return 0
+	[[ $(id -u) == 0 ]] || die "missing packages ${missing[*]}: run as root or install them"
+	apt_update
+	log "installing ${missing[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+need_tools qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod dpkg-deb:dpkg gzip:gzip \
+	timeout:coreutils apt-get:apt
+
+# --- downloads ------------------------------------------------------------------------------
+
+# candidate prints the version apt would install of package $1, or nothing.
+candidate() {
+	apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }'
+}
+
+# kernel_package resolves the metapackage to the versioned kernel package it depends on.
+kernel_package() {
+	apt-cache depends "$meta" 2>/dev/null |
+		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+
+# fetch_deb prints the cached path of package $1's candidate .deb, downloading it if needed.
+# It fails (without updating apt's lists) when the package has no candidate or the mirror no
+# longer has that version.
+fetch_deb() {
+	local pkg=$1 ver deb dl
+	ver=$(candidate "$pkg")
+	[[ -n $ver ]] || return 1
+	deb="$VM_CACHE/debs/${pkg}_${ver//:/%3a}_amd64.deb"
+	if [[ ! -s $deb ]]; then
+		mkdir -p "$VM_CACHE/debs"
+		# apt-get download runs as the unprivileged _apt user where it can: give it a directory.
+		dl=$(mktemp -d "$VM_CACHE/debs/.dl.XXXXXX")
+		chmod 0777 "$dl"
+		log "downloading $pkg $ver"
+		if ! (cd "$dl" && apt-get download -qq "$pkg=$ver" >&2); then
+			rm -rf "$dl"
+			return 1
+		fi
+		mv "$dl"/*.deb "$deb"
+		rm -rf "$dl"
+	fi
+	echo "$deb"
+}
+
+# deb_for sets variable $2 to the cached .deb of the package that resolver $1 names. When the
+# local lists are missing or stale (the mirror dropped that version), it updates them once
+# and resolves again.
+deb_for() {
+	local resolver=$1 pkg deb
+	pkg=$($resolver) || true
+	if [[ -z $pkg ]] || ! deb=$(fetch_deb "$pkg"); then
+		apt_update
+		pkg=$($resolver) || true
+		[[ -n $pkg ]] || die "apt knows no package for $resolver, even after apt-get update"
+		deb=$(fetch_deb "$pkg") || die "cannot download $pkg from the Debian mirror"
+	fi
+	printf -v "$2" '%s' "$deb"
+}
+busybox_package() { echo busybox-static; }
+
+kernel_deb="" busybox_deb=""
+deb_for kernel_package kernel_deb
+deb_for busybox_package busybox_deb
+
+# The kernel is unpacked once per package version, with depmod run on it so that modules.dep
+# (Debian generates it at install time, it is not in the package) gives the dependencies.
+kdir="$VM_CACHE/kernels/$(basename "$kernel_deb" .deb)"
+if [[ ! -e $kdir/.ready ]]; then
+	log "unpacking $(basename "$kernel_deb")"
+	rm -rf "$kdir"
+	mkdir -p "$kdir"
+	dpkg-deb -x "$kernel_deb" "$kdir"
+	kver=$(basename "$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d)")
+	depmod -b "$kdir" "$kver"
+	touch "$kdir/.ready"
+fi
+kver=$(basename "$(find "$kdir/lib/modules" -mindepth 1 -maxdepth 1 -type d)")
+vmlinuz="$kdir/boot/vmlinuz-$kver"
+[[ -f $vmlinuz ]] || die "no $vmlinuz in $(basename "$kernel_deb")"
+kernel_version=$(dpkg-deb -f "$kernel_deb" Package Version | awk '{ printf "%s ", $2 }')
+log "kernel: ${kernel_version% } ($kver)"
+
+bbdir="$VM_CACHE/busybox/$(basename "$busybox_deb" .deb)"
+if [[ ! -x $bbdir/bin/busybox ]]; then
+	rm -rf "$bbdir"
+	mkdir -p "$bbdir"
+	dpkg-deb -x "$busybox_deb" "$bbdir"
+	[[ -x $bbdir/bin/busybox ]] || die "no bin/busybox in $(basename "$busybox_deb")"
+fi
+
+# --- initramfs tree -------------------------------------------------------------------------
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tabby-vm.XXXXXX")
+stage="$work/root"
+mkdir -p "$stage"/{bin,dev,etc,proc,root,run,sys,tmp,var,tabby/bin,tabby/pkg,lib/modules/"$kver"}
+ln -s ../run "$stage/var/run"
+cp "$bbdir/bin/busybox" "$stage/bin/busybox"
+install -m 0755 "$here/init" "$stage/init"
+cp "$VM_PLAN" "$stage/tabby/plan"
+printf 'TABBY_STEP_TIMEOUT=%s\n' "$VM_STEP_TIMEOUT" >"$stage/tabby/vm.env"
+# Go resolves "localhost" from /etc/hosts; the guest has no DNS.
+printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >"$stage/etc/hosts"
+printf 'hosts: files\n' >"$stage/etc/nsswitch.conf"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
+printf 'root:x:0:\n' >"$stage/etc/group"
+
+# Modules: each one's dependencies, from modules.dep, are loaded first. depmod lists them so
+# that loading the list backwards works, as modprobe does. A module built into this kernel
+# needs nothing; one that exists in neither form is an error, not a silent gap.
+moddir="$kdir/lib/modules/$kver"
+declare -A queued=()
+order=()
+for mod in $VM_MODULES; do
+	line=$(awk -v m="$mod" -F: '{ n = $1; sub(/.*\//, "", n); sub(/\.ko(\.(xz|zst|gz))?$/, "", n); gsub(/-/, "_", n)
+		if (n == m) { print; exit } }' "$moddir/modules.dep")
+	if [[ -z $line ]]; then
+		grep -qE "/${mod//_/[-_]}\.ko\$" "$moddir/modules.builtin" ||
+			die "kernel $kver has no module $mod (neither loadable nor built in)"
+		continue
+	fi
+	read -ra deps <<<"${line#*:}"
+	for ((i = ${#deps[@]} - 1; i >= -1; i--)); do
+		if ((i >= 0)); then ko=${deps[i]}; else ko=${line%%:*}; fi
+		[[ -n ${queued[$ko]:-} ]] && continue
+		queued[$ko]=1
+		order+=("$ko")
+	done
+done
+: >"$stage/lib/modules/tabby-load-order"
+for ko in "${order[@]}"; do
+	plain=${ko%.xz}
+	plain=${plain%.zst}
+	plain=${plain%.gz}
+	mkdir -p "$stage/lib/modules/$kver/$(dirname "$plain")"
+	case $ko in
+	*.xz) need_tools xz:xz-utils && xz -dc "$moddir/$ko" ;;
+	*.zst) need_tools zstd:zstd && zstd -qdc "$moddir/$ko" ;;
+	*.gz) gzip -dc "$moddir/$ko" ;;
+	*) cat "$moddir/$ko" ;;
+	esac >"$stage/lib/modules/$kver/$plain"
+	echo "$plain" >>"$stage/lib/modules/tabby-load-order"
+done
+
+# --- Go builds ----------------------------------------------------------------------------
+
+# plan_packages prints the PKG of every `guestcheck gotest [flags] PKG REGEXP` line.
+plan_packages() {
+	local line i words
+	while IFS= read -r line; do
+		[[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+		read -ra words <<<"$line"
+		[[ ${words[0]:-} == guestcheck && ${words[1]:-} == gotest ]] || continue
+		for ((i = 2; i < ${#words[@]}; i++)); do
+			case ${words[i]} in
+			-timeout | -root | --timeout | --root) ((i++)) || true ;;
+			-*) ;;
+			*)
+				echo "${words[i]}"
+				break
+				;;
+			esac
+		done
+	done <"$VM_PLAN"
+}
+
+cd "$root"
+export CGO_ENABLED=0
+mains=(./lab/vm/guestcheck)
+# ./cmd/... matches nothing until the first command lands; go build would then warn.
+for pattern in $VM_CMDS; do
+	if [[ -n $("$GO" list "$pattern" 2>/dev/null) ]]; then mains+=("$pattern"); fi
+done
+log "building ${mains[*]} (static)"
+"$GO" build -ldflags "$LDFLAGS" -o "$stage/tabby/bin/" "${mains[@]}"
+while IFS= read -r pkg; do
+	rel=${pkg#./}
+	[[ -d $root/$rel ]] || die "the plan runs the tests of $pkg, which does not exist"
+	out="$stage/tabby/pkg/$rel/$(basename "$rel").test"
+	log "building the tests of $pkg (static)"
+	mkdir -p "$(dirname "$out")"
+	"$GO" test -c -o "$out" "./$rel"
+	[[ -x $out ]] || die "$pkg has no test files, yet the plan runs its tests"
+	if [[ -d $root/$rel/testdata ]]; then cp -a "$root/$rel/testdata" "$(dirname "$out")/"; fi
+done < <(plan_packages | sort -u)
+
+# --- boot -----------------------------------------------------------------------------------
+
+initrd="$work/initramfs.cpio.gz"
+(cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) |
+	gzip -1 >"$initrd"
+log "initramfs: $(du -h "$initrd" | cut -f1) with ${#order[@]} modules; booting (${VM_ACCEL}, timeout ${VM_TIMEOUT}s)"
+
+serial="$work/serial.log"
+: >"$serial"
+started=$SECONDS
+timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 "${accel[@]}" -M pc -nodefaults -nic none -no-reboot \
+	-m "$VM_MEM" -smp "$VM_SMP" -display none -monitor none -serial "file:$serial" \
+	-kernel "$vmlinuz" -initrd "$initrd" -append "console=ttyS0 panic=-1 quiet" \
+	</dev/null >"$work/qemu.log" 2>&1 &
+vm_pid=$!
+tail -n +1 -s 0.2 -f --pid="$vm_pid" "$serial" &
+tail_pid=$!
+vm_rc=0
+wait "$vm_pid" || vm_rc=$?
+vm_pid=""
+wait "$tail_pid" || true
+tail_pid=""
+took=$((SECONDS - started))
+
+result=$(tr -d '\r' <"$serial" | grep -a '^TABBY-VM-RESULT: ' | tail -n 1 || true)
+if [[ -z $result ]]; then
+	[[ -s $work/qemu.log ]] && sed 's/^/qemu: /' "$work/qemu.log" >&2
+	if ((vm_rc == 124 || vm_rc == 137)); then
+		die "the VM gave no verdict within VM_TIMEOUT=${VM_TIMEOUT}s (killed)"
+	fi
+	panic=$(tr -d '\r' <"$serial" | grep -a -m 1 'Kernel panic' || true)
+	[[ -n $panic ]] && die "the guest kernel panicked after ${took}s: $panic"
+	die "qemu exited with status $vm_rc after ${took}s without a verdict"
+fi
+case $result in
+"TABBY-VM-RESULT: PASS")
+	((vm_rc == 0)) || die "the guest passed but qemu exited with status $vm_rc"
+	log "PASS in ${took}s (kernel ${kernel_version% })"
+	;;
+*)
+	reason=${result#TABBY-VM-RESULT: }
+	die "${reason#FAIL } (after ${took}s)"
+	;;
+esac
