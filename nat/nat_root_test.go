@@ -343,5 +343,3 @@ func TestAutoBackendFollowsTheHost(t *testing.T) {
 		t.Error("an unknown backend name was accepted")
 	}
 }
-
-
