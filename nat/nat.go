@@ -248,6 +248,7 @@ func (n *NAT) Run(ctx context.Context) error {
 			st.Synced, st.InSync = true, true
 			st.LastSync, st.LastSyncDuration = time.Now(), time.Since(start)
 			st.LastError, st.LastErrorTime = "", time.Time{}
+			st.ForwardAccept = res.forwardAccept
 			if periodic && len(res.changes) > 0 {
 				st.Repairs++
 			}
@@ -276,7 +277,6 @@ func (n *NAT) report(res syncResult) {
 			st.Backend, st.BackendReason = res.backend.mode, res.backendReason
 			st.RandomFully = res.features.randomFully
 		}
-		st.ForwardAccept = res.forwardAccept
 	})
 	if res.detected {
 		n.log.Info("iptables backend selected", "backend", res.backend.mode, "reason", res.backendReason,
@@ -381,12 +381,15 @@ func Cleanup(ctx context.Context, opts Options) error {
 	}
 	defer ns.Close()
 	r := runner{ns: ns}
+	var errs []error
 	primary, _, err := selectBackend(ctx, r, o.Backend)
 	if err != nil {
-		return err
+		errs = append(errs, err) // still remove the ipsets below
 	}
-	var errs []error
 	for _, mode := range []string{BackendNFT, BackendLegacy} {
+		if primary == nil {
+			break
+		}
 		b := primary
 		if mode != primary.mode {
 			if b, err = findBackend(ctx, mode); err != nil {

@@ -17,7 +17,7 @@ import (
 )
 
 // requireRoot skips tests that need to create network namespaces and program iptables.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces and programs iptables and ipsets in them")
@@ -28,7 +28,7 @@ func requireRoot(t *testing.T) {
 }
 
 // requireBackend skips a backend whose binaries this host does not have.
-func requireBackend(t *testing.T, mode string) {
+func requireBackend(t testing.TB, mode string) {
 	t.Helper()
 	for _, bin := range []string{"iptables-" + mode, "iptables-" + mode + "-save", "iptables-" + mode + "-restore", "ipset"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -40,7 +40,7 @@ func requireBackend(t *testing.T, mode string) {
 // newNetNS creates a network namespace named tabby-<purpose>-<random> and removes it when
 // the test ends, failed or not. Everything the test does to iptables and ipsets happens in
 // such namespaces; the machine's own namespace is never touched.
-func newNetNS(t *testing.T, purpose string) string {
+func newNetNS(t testing.TB, purpose string) string {
 	t.Helper()
 	b := make([]byte, 4)
 	if _, err := rand.Read(b); err != nil {
@@ -59,7 +59,7 @@ func newNetNS(t *testing.T, purpose string) string {
 
 func nsPath(name string) string { return "/run/netns/" + name }
 
-func mustRun(t *testing.T, name string, args ...string) string {
+func mustRun(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -69,13 +69,13 @@ func mustRun(t *testing.T, name string, args ...string) string {
 }
 
 // inNS runs a command inside namespace ns.
-func inNS(t *testing.T, ns string, args ...string) string {
+func inNS(t testing.TB, ns string, args ...string) string {
 	t.Helper()
 	return mustRun(t, "ip", append([]string{"netns", "exec", ns}, args...)...)
 }
 
 // nsRunner is the package's own runner bound to ns, for calls that must happen in it.
-func nsRunner(t *testing.T, ns string) runner {
+func nsRunner(t testing.TB, ns string) runner {
 	t.Helper()
 	h, err := netns.GetFromPath(nsPath(ns))
 	if err != nil {
