@@ -1,0 +1,195 @@
+package bgp_test
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
+)
+
+// birdProtocol returns `birdc show protocols all <name>`.
+func birdProtocol(bird *nettest.BIRD, name string) (string, error) {
+	return bird.Query("show protocols all", name)
+}
+
+// importWithdrawsReceived reads how many withdrawals BIRD received on a protocol.
+func importWithdrawsReceived(proto string) (string, error) {
+	m := regexp.MustCompile(`Import withdraws:\s+(\d+)`).FindStringSubmatch(proto)
+	if m == nil {
+		return "", fmt.Errorf("no import withdraw counter in:\n%s", proto)
+	}
+	return m[1], nil
+}
+
+// routeSince returns the timestamp BIRD shows for a protocol's route to a prefix: it
+// changes whenever the route is replaced, and survives a refresh with the same route.
+func routeSince(bird *nettest.BIRD, prefix, proto string) (string, error) {
+	out, err := bird.Query("show route", prefix, "protocol", proto)
+	if err != nil {
+		return "", err
+	}
+	m := regexp.MustCompile(regexp.QuoteMeta(prefix) + `\s+unicast \[` + proto + ` ([0-9:.]+)`).FindStringSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("no route %s from %s:\n%s", prefix, proto, out)
+	}
+	return m[1], nil
+}
+
+// presenceWatch polls BIRD for a route until stopped and records every moment it was
+// missing: the proof that a graceful restart never withdrew it.
+type presenceWatch struct {
+	stop    chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	polls   int
+	missing []string
+}
+
+func watchPresence(bird *nettest.BIRD, prefix, proto string) *presenceWatch {
+	w := &presenceWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			_, err := routeSince(bird, prefix, proto)
+			w.mu.Lock()
+			w.polls++
+			if err != nil {
+				w.missing = append(w.missing, time.Now().Format("15:04:05.000")+": "+err.Error())
+			}
+			w.mu.Unlock()
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+func (w *presenceWatch) finish() (polls int, missing []string) {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.polls, w.missing
+}
+
+// TestGracefulRestart: kill -9 a tabby speaker; BIRD keeps its routes while it is away
+// (graceful restart active); the restarted speaker, finding the restart marker, sets the
+// Restart State bit and refreshes the routes without their ever being withdrawn. A
+// SIGTERM'd speaker sends no Cease, and BIRD keeps its routes again.
+func TestGracefulRestart(t *testing.T) {
+	nettest.RequireRoot(t, "birdc")
+	t.Parallel()
+
+	lan := nettest.NewLAN(t, "grlan")
+	torNS := nettest.NewNetns(t, "grtor")
+	lan.Attach(t, torNS, "eth0", "10.99.0.254/24")
+	nodeNS := nettest.NewNetns(t, "grnode")
+	lan.Attach(t, nodeNS, "eth0", "10.99.0.1/24")
+
+	c := &cluster{
+		nodes: []clusterNode{{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"}},
+		peers: map[string]datastore.BGPPeerSpec{"tor": {PeerIP: "10.99.0.254", ASNumber: 65000}},
+	}
+	bird := nettest.StartBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "",
+		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; }`))
+	const restartTime = 30 * time.Second // announced to BIRD; the restart takes a few seconds
+	sp := newSpeaker(t, nodeNS, "node-a", c.snapshot(), speakerOptions{restartTime: restartTime})
+	sp.waitEstablished(30*time.Second, "10.99.0.254")
+	const prefix = "10.244.1.0/26"
+	birdWaitRoutes(t, bird, []string{prefix + " via 10.99.0.1 [node_a]"}, nil)
+
+	proto, err := birdProtocol(bird, "node_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(proto, "Restart time: 30") {
+		t.Errorf("the speaker does not announce graceful restart with a 30 s restart time:\n%s", proto)
+	}
+	if strings.Contains(proto, "Restart recovery") {
+		t.Errorf("a cold start announced itself as restarting:\n%s", proto)
+	}
+	since, err := routeSince(bird, prefix, "node_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := watchPresence(bird, prefix, "node_a")
+
+	// kill -9: the session drops without a word; BIRD keeps the routes for the restart time.
+	if err := sp.proc.Kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	nettest.Eventually(t, 20*time.Second, "BIRD in graceful-restart helper mode", func() error {
+		proto, err := birdProtocol(bird, "node_a")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(proto, "Neighbor graceful restart active") {
+			return fmt.Errorf("no graceful restart:\n%s", proto)
+		}
+		_, err = routeSince(bird, prefix, "node_a")
+		return err
+	})
+
+	// The speaker comes back, restarting: it sets the Restart State bit and resends its
+	// routes after End-of-RIB; BIRD refreshes them in place.
+	sp.start()
+	sp.waitEstablished(30*time.Second, "10.99.0.254")
+	nettest.Eventually(t, 30*time.Second, "BIRD leaves graceful-restart mode", func() error {
+		proto, err := birdProtocol(bird, "node_a")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(proto, "Neighbor graceful restart active") || !strings.Contains(proto, "Established") {
+			return fmt.Errorf("still restarting:\n%s", proto)
+		}
+		if !strings.Contains(proto, "Restart recovery") {
+			t.Errorf("the restarted speaker did not set the Restart State bit:\n%s", proto)
+		}
+		if n, err := importWithdrawsReceived(proto); err != nil || n != "0" {
+			t.Errorf("BIRD received %s withdrawals (%v); want none:\n%s", n, err, proto)
+		}
+		return nil
+	})
+	after, err := routeSince(bird, prefix, "node_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != since {
+		t.Errorf("BIRD replaced the route during the restart (since %s, now %s): it was withdrawn or changed", since, after)
+	}
+	if polls, missing := watch.finish(); len(missing) > 0 || polls < 10 {
+		t.Errorf("the route was missing from BIRD's table during the restart (%d polls):\n%s", polls, strings.Join(missing, "\n"))
+	}
+
+	// SIGTERM: tabbyd's ordinary stop. No Cease; BIRD keeps the routes as for a crash.
+	if err := sp.proc.Kill(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := sp.proc.Cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("speaker exited with %d on SIGTERM:\n%s", code, sp.log())
+	}
+	nettest.Eventually(t, 20*time.Second, "BIRD keeps the routes of a SIGTERM'd speaker", func() error {
+		proto, err := birdProtocol(bird, "node_a")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(proto, "Cease") {
+			t.Fatalf("the speaker sent a Cease on SIGTERM:\n%s", proto)
+		}
+		if !strings.Contains(proto, "Neighbor graceful restart active") {
+			return fmt.Errorf("no graceful restart:\n%s", proto)
+		}
+		_, err = routeSince(bird, prefix, "node_a")
+		return err
+	})
+}
