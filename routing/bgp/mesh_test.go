@@ -294,3 +294,55 @@ func TestMeshThreeNodes(t *testing.T) {
 		checkRIB(n, three.nodes)
 	}
 }
+
+// TestTabbyRouteReflector: with the mesh off, a tabby node with routeReflectorClusterID
+// reflects between the nodes a BGPPeer's peerSelector points at it; each client learns the
+// other's block with the other client as next hop.
+func TestTabbyRouteReflector(t *testing.T) {
+	nettest.RequireRoot(t)
+	t.Parallel()
+
+	lan := nettest.NewLAN(t, "trrlan")
+	c := &cluster{
+		nodes: []clusterNode{
+			{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"},
+			{name: "node-b", addr: "10.99.0.2", block: "10.244.2.0/26"},
+			{name: "node-rr", addr: "10.99.0.3", block: "10.244.3.0/26", labels: map[string]string{"route-reflector": "true"},
+				bgp: func(s *datastore.NodeBGPSpec) { s.RouteReflectorClusterID = "224.0.0.1" }},
+		},
+		config: func(s *datastore.BGPConfigurationSpec) { f := false; s.NodeToNodeMeshEnabled = &f },
+		peers: map[string]datastore.BGPPeerSpec{
+			"peer-with-rr": {NodeSelector: "all()", PeerSelector: "route-reflector == 'true'"},
+		},
+	}
+	sp := map[string]*speaker{}
+	for _, n := range c.nodes {
+		ns := nettest.NewNetns(t, "trr"+n.name[len(n.name)-1:])
+		lan.Attach(t, ns, "eth0", n.addr+"/24")
+		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{})
+	}
+	sp["node-a"].waitEstablished(30*time.Second, "10.99.0.3")
+	sp["node-b"].waitEstablished(30*time.Second, "10.99.0.3")
+	sp["node-rr"].waitEstablished(30*time.Second, "10.99.0.1", "10.99.0.2")
+
+	want := map[string][]string{
+		"node-a":  {"10.244.2.0/26 via 10.99.0.2", "10.244.3.0/26 via 10.99.0.3"},
+		"node-b":  {"10.244.1.0/26 via 10.99.0.1", "10.244.3.0/26 via 10.99.0.3"},
+		"node-rr": {"10.244.1.0/26 via 10.99.0.1", "10.244.2.0/26 via 10.99.0.2"},
+	}
+	for name, routes := range want {
+		nettest.Eventually(t, 20*time.Second, name+" RIB through the tabby reflector", func() error {
+			got, err := sp[name].routes()
+			if err != nil {
+				return err
+			}
+			set := routeSet(got)
+			for _, w := range routes {
+				if !set[w] {
+					return fmt.Errorf("no %s in %v", w, set)
+				}
+			}
+			return nil
+		})
+	}
+}
