@@ -117,12 +117,21 @@ func (a *Allocator) assignPass(ctx context.Context, args AssignArgs, secondary m
 		}
 	}
 	owned := len(affine)
-	raw, err := a.getBlockKVs(ctx, affine)
-	if err != nil {
-		return netip.Addr{}, err
-	}
 	knownHandle := e.handle
-	for _, sa := range a.hintFirst(args.Node, affine) {
+	ordered, hinted := a.hintFirst(args.Node, affine)
+	raw := map[netip.Prefix]datastore.KV{}
+	for i, sa := range ordered {
+		// Read the hinted block alone first: usually it has room and the node's other,
+		// full blocks need not be read at all.
+		if i == 0 || (i == 1 && hinted) {
+			end := len(ordered)
+			if i == 0 && hinted {
+				end = 1
+			}
+			if raw, err = a.getBlockKVs(ctx, ordered[i:end]); err != nil {
+				return netip.Addr{}, err
+			}
+		}
 		kv, ok := raw[sa.cidr]
 		var sb storedBlock
 		if ok && sa.state() == datastore.AffinityConfirmed {
@@ -243,23 +252,24 @@ func probeBlock(cidr netip.Prefix, value []byte) (blockProbe, error) {
 	return p, nil
 }
 
-// hintFirst orders a node's affinities with the block it last assigned from first: that
-// block most likely still has room. The hint only orders; it is never trusted.
-func (a *Allocator) hintFirst(node string, affs []storedAffinity) []storedAffinity {
+// hintFirst orders a node's affinities with the block it last assigned from first, and says
+// whether there was such a block: it most likely still has room. The hint only orders; it
+// is never trusted.
+func (a *Allocator) hintFirst(node string, affs []storedAffinity) ([]storedAffinity, bool) {
 	a.mu.Lock()
 	hint, ok := a.hints[node]
 	a.mu.Unlock()
 	if !ok {
-		return affs
+		return affs, false
 	}
 	i := slices.IndexFunc(affs, func(sa storedAffinity) bool { return sa.cidr == hint })
-	if i <= 0 {
-		return affs
+	if i < 0 {
+		return affs, false
 	}
 	out := make([]storedAffinity, 0, len(affs))
 	out = append(out, affs[i])
 	out = append(out, affs[:i]...)
-	return append(out, affs[i+1:]...)
+	return append(out, affs[i+1:]...), true
 }
 
 // setHint remembers the block a node last assigned from.
