@@ -1,0 +1,188 @@
+package diagnose
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// KernelProber probes with the host's own network stack: ping(8) for echo requests, TCP
+// connects, and raw sockets for the spoofed-source echo.
+type KernelProber struct {
+	// Timeout bounds each probe.
+	Timeout time.Duration
+}
+
+func (k KernelProber) timeout() time.Duration {
+	if k.Timeout == 0 {
+		return 2 * time.Second
+	}
+	return k.Timeout
+}
+
+// TCP connects to addr and closes at once.
+func (k KernelProber) TCP(ctx context.Context, addr netip.AddrPort) error {
+	d := net.Dialer{Timeout: k.timeout()}
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		var errno unix.Errno
+		if errors.As(err, &errno) && errno == unix.ECONNREFUSED {
+			return errors.New("connection refused")
+		}
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			return errors.New("no answer (packets dropped)")
+		}
+		return err
+	}
+	return c.Close()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Ping sends up to three echo requests and succeeds on the first reply.
+func (k KernelProber) Ping(ctx context.Context, dst netip.Addr, size int, df bool) error {
+	wait := int(k.timeout().Seconds())
+	if wait < 1 {
+		wait = 1
+	}
+	args := []string{"-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-w", strconv.Itoa(wait), "-s", strconv.Itoa(size)}
+	if df {
+		args = append(args, "-M", "do")
+	}
+	args = append(args, dst.String())
+	out, err := exec.CommandContext(ctx, "ping", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s: %w: %s", dst, err, lastLine(out))
+	}
+	return nil
+}
+
+func lastLine(b []byte) string {
+	s := string(b)
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
+		s = s[:len(s)-1]
+	}
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' {
+			return s[i+1:]
+		}
+	}
+	return s
+}
+
+// SpoofedEcho sends an ICMP echo request from src (a pool address, not this host's) to
+// dst, and watches nic for the reply. The reply is addressed to a pool address, so the
+// host's own stack would drop it (blackhole route); the packet socket sees it first.
+func (k KernelProber) SpoofedEcho(ctx context.Context, nic string, src, dst netip.Addr) error {
+	ifi, err := net.InterfaceByName(nic)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", nic, err)
+	}
+	capFd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IP)))
+	if err != nil {
+		return fmt.Errorf("packet socket: %w", err)
+	}
+	defer unix.Close(capFd)
+	if err := unix.Bind(capFd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index}); err != nil {
+		return fmt.Errorf("bind packet socket to %s: %w", nic, err)
+	}
+	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(capFd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	rawFd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Errorf("raw socket: %w", err)
+	}
+	defer unix.Close(rawFd)
+
+	id := uint16(rand.IntN(0xffff))
+	deadline := time.Now().Add(k.timeout())
+	buf := make([]byte, 2048)
+	for seq := uint16(1); seq <= 3; seq++ {
+		pkt := echoPacket(src, dst, id, seq)
+		if err := unix.Sendto(rawFd, pkt, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+			return fmt.Errorf("send echo %s → %s: %w", src, dst, err)
+		}
+		until := time.Now().Add(k.timeout() / 3)
+		for time.Now().Before(until) && time.Now().Before(deadline) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			n, _, err := unix.Recvfrom(capFd, buf, 0)
+			if err != nil {
+				continue
+			}
+			if isEchoReply(buf[:n], dst, src, id) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no echo reply from %s to %s", dst, src)
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// echoPacket builds an IPv4 packet carrying an ICMP echo request.
+func echoPacket(src, dst netip.Addr, id, seq uint16) []byte {
+	icmp := make([]byte, 8+32)
+	icmp[0] = 8 // echo request
+	binary.BigEndian.PutUint16(icmp[4:], id)
+	binary.BigEndian.PutUint16(icmp[6:], seq)
+	copy(icmp[8:], "tabby node diagnose probe......")
+	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	ip := make([]byte, 20)
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(icmp)))
+	binary.BigEndian.PutUint16(ip[4:], id)
+	ip[8] = 64 // TTL
+	ip[9] = unix.IPPROTO_ICMP
+	s, d := src.As4(), dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	return append(ip, icmp...)
+}
+
+// isEchoReply reports whether pkt (an IPv4 packet) is the echo reply from → to with id.
+func isEchoReply(pkt []byte, from, to netip.Addr, id uint16) bool {
+	if len(pkt) < 28 || pkt[0]>>4 != 4 || pkt[9] != unix.IPPROTO_ICMP {
+		return false
+	}
+	ihl := int(pkt[0]&0x0f) * 4
+	if len(pkt) < ihl+8 {
+		return false
+	}
+	f, t := from.As4(), to.As4()
+	if [4]byte(pkt[12:16]) != f || [4]byte(pkt[16:20]) != t {
+		return false
+	}
+	icmp := pkt[ihl:]
+	return icmp[0] == 0 && binary.BigEndian.Uint16(icmp[4:]) == id
+}
+
+func checksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
