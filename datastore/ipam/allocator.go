@@ -161,6 +161,14 @@ func validName(what, s string) error {
 	return nil
 }
 
+// validUse checks an intended use.
+func validUse(use string) error {
+	if use != datastore.UseWorkload && use != datastore.UseTunnel {
+		return fmt.Errorf("use %q is neither %s nor %s", use, datastore.UseWorkload, datastore.UseTunnel)
+	}
+	return nil
+}
+
 // validPools checks requested pool CIDRs.
 func validPools(ps []netip.Prefix) error {
 	for _, p := range ps {

@@ -39,8 +39,8 @@ func (args AssignArgs) validate() error {
 	if err := validName("node name", args.Node); err != nil {
 		return err
 	}
-	if args.Use != datastore.UseWorkload && args.Use != datastore.UseTunnel {
-		return fmt.Errorf("use %q is neither %s nor %s", args.Use, datastore.UseWorkload, datastore.UseTunnel)
+	if err := validUse(args.Use); err != nil {
+		return err
 	}
 	return validPools(args.Pools)
 }

@@ -351,9 +351,14 @@ func poolNames(ps poolSet) string {
 // It fails with ErrBlockLimit at maxBlocksPerHost and with ErrNoFreeBlock when every block
 // is taken.
 func (a *Allocator) ClaimBlock(ctx context.Context, node, use string, pools []netip.Prefix) (netip.Prefix, error) {
-	args := AssignArgs{Handle: "claim", Node: node, Use: use, Pools: pools}
-	if err := args.validate(); err != nil {
+	if err := validName("node name", node); err != nil {
 		return netip.Prefix{}, fmt.Errorf("claim block: %w", err)
+	}
+	if err := validUse(use); err != nil {
+		return netip.Prefix{}, fmt.Errorf("claim block for %s: %w", node, err)
+	}
+	if err := validPools(pools); err != nil {
+		return netip.Prefix{}, fmt.Errorf("claim block for %s: %w", node, err)
 	}
 	unlock, err := a.lockHost(ctx, node)
 	if err != nil {
