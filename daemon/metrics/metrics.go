@@ -22,7 +22,7 @@ const (
 // RouteKinds are the values of the kind label of tabby_routes, every one always present
 // so that a dashboard sees 0 rather than a missing series.
 func RouteKinds() []string {
-	return []string{"ipip", "vxlan", "direct", "blackhole", "bgp", "borrowed", "workload"}
+	return []string{"ipip", "vxlan", "direct", "blackhole", "bgp", "borrowed"}
 }
 
 // PeerStates are the values of the state label of tabby_bgp_peers (BIRD's words, as
