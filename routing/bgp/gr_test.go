@@ -1,7 +1,10 @@
 package bgp_test
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/routing/bgp"
 	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
 
@@ -186,10 +190,45 @@ func TestGracefulRestart(t *testing.T) {
 		if strings.Contains(proto, "Cease") {
 			t.Fatalf("the speaker sent a Cease on SIGTERM:\n%s", proto)
 		}
+		if log, _ := os.ReadFile(bird.Log); strings.Contains(string(log), "node_a: Received:") {
+			t.Fatalf("the speaker sent a NOTIFICATION:\n%s", log)
+		}
 		if !strings.Contains(proto, "Neighbor graceful restart active") {
 			return fmt.Errorf("no graceful restart:\n%s", proto)
 		}
 		_, err = routeSince(bird, prefix, "node_a")
 		return err
 	})
+
+	// A deliberate stop (Stop(ctx, false)) is the opposite: routes withdrawn, a Cease,
+	// and the restart marker removed, so that the next start is a cold one.
+	marker := filepath.Join(sp.dir, "run", bgp.RestartMarkerName)
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("no restart marker after a SIGTERM: %v", err)
+	}
+	sp.start()
+	sp.waitEstablished(30*time.Second, "10.99.0.254")
+	var stopped string
+	if err := sp.get("/stop", &stopped); err != nil {
+		t.Fatal(err)
+	}
+	nettest.Eventually(t, 20*time.Second, "BIRD drops the routes of a stopped speaker", func() error {
+		if log, _ := os.ReadFile(bird.Log); !strings.Contains(string(log), "node_a: Received: Peer de-configured") {
+			return fmt.Errorf("BIRD got no Cease (peer de-configured):\n%s", log)
+		}
+		proto, err := birdProtocol(bird, "node_a")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(proto, "Neighbor graceful restart active") {
+			return fmt.Errorf("BIRD treats a deliberate stop as a graceful restart:\n%s", proto)
+		}
+		if _, err := routeSince(bird, prefix, "node_a"); err == nil {
+			return fmt.Errorf("BIRD still has %s from node_a", prefix)
+		}
+		return nil
+	})
+	if _, err := os.Stat(marker); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the restart marker survived a deliberate stop: %v", err)
+	}
 }

@@ -185,6 +185,11 @@ func runSpeakerHelper(cfgPath string) int {
 		routes, err := sp.Routes(r.Context())
 		reply(w, routes, err)
 	})
+	// /stop is a deliberate, non-graceful stop (tabbyd cleanup): withdraw, Cease, no marker.
+	mux.HandleFunc("/stop", func(w http.ResponseWriter, r *http.Request) {
+		err := sp.Stop(r.Context(), false)
+		reply(w, "stopped", err)
+	})
 	_ = os.Remove(cfg.Control)
 	ln, err := net.Listen("unix", cfg.Control)
 	if err != nil {
@@ -197,6 +202,7 @@ func runSpeakerHelper(cfgPath string) int {
 		log.Error("speaker", "error", err)
 		return 1
 	}
+	<-ctx.Done() // after a /stop, keep answering until SIGTERM
 	log.Info("speaker helper exiting without closing its sessions")
 	return 0
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -81,12 +82,13 @@ type Speaker struct {
 	best        map[netip.Prefix]LearnedRoute
 	published   []LearnedRoute
 	pools       []netip.Prefix
-	applyErrs   map[netip.Addr]string
 	isStopped   bool
 
-	// view is what Status and Routes read: the server now running.
-	viewMu sync.Mutex
-	view   *server.BgpServer
+	// What Status and Routes read, under its own lock so that they never wait for a
+	// reconciliation: the server now running, and why peers failed to be configured.
+	viewMu    sync.Mutex
+	view      *server.BgpServer
+	applyErrs map[netip.Addr]string
 }
 
 type desiredState struct {
@@ -338,11 +340,11 @@ func (s *Speaker) startServer(ctx context.Context, g Global) error {
 		restartWindow: restarting,
 	}
 	clear(s.best)
-	clear(s.applyErrs)
 	s.tracker.reset()
 	s.publishLearned()
 	s.viewMu.Lock()
 	s.view = srv
+	clear(s.applyErrs)
 	s.viewMu.Unlock()
 	s.log.Info("BGP server started", "router_id", g.RouterID, "as", g.ASN, "port", effectivePort(g.ListenPort), "graceful_restart", restarting)
 	return nil
@@ -507,28 +509,16 @@ func (s *Speaker) applyPaths(ctx context.Context, want []netip.Prefix) []error {
 	return errs
 }
 
-// withdrawAll withdraws every route this node originates and waits (until ctx ends) for
-// the withdrawals to be sent, so that peers drop the routes even if they would treat the
-// Cease that follows as a graceful restart (RFC 8538).
+// withdrawAll withdraws every route this node originates, then gives GoBGP a moment to
+// write the UPDATEs before the Cease that follows, so that peers drop the routes even if
+// they would treat that Cease as a graceful restart (RFC 8538). GoBGP v3 has no way to
+// tell when its queued UPDATEs have been written, hence the fixed grace.
 func (s *Speaker) withdrawAll(ctx context.Context) error {
+	const grace = time.Second
 	errs := s.applyPaths(ctx, nil)
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		pending := false
-		_ = s.cur.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
-			for _, af := range p.GetAfiSafis() {
-				if af.GetState().GetAdvertised() > 0 {
-					pending = true
-				}
-			}
-		})
-		if !pending {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
+	select {
+	case <-ctx.Done():
+	case <-time.After(grace):
 	}
 	return errors.Join(errs...)
 }
@@ -575,11 +565,13 @@ func (s *Speaker) applyPeers(ctx context.Context, want []Peer) []error {
 		}
 		s.log.Info("BGP peer removed", "peer", addr)
 	}
+	s.viewMu.Lock()
 	for addr := range s.applyErrs {
 		if _, ok := wanted[addr]; !ok {
 			delete(s.applyErrs, addr)
 		}
 	}
+	s.viewMu.Unlock()
 	for _, addr := range sortedAddrs(wanted) {
 		p := wanted[addr]
 		have, ok := s.cur.peers[addr]
@@ -605,12 +597,14 @@ func (s *Speaker) applyPeers(ctx context.Context, want []Peer) []error {
 				err = fmt.Errorf("update peer %s: %w", addr, err)
 			}
 		}
+		s.viewMu.Lock()
 		if err != nil {
 			s.applyErrs[addr] = err.Error()
 			errs = append(errs, err)
 		} else {
 			delete(s.applyErrs, addr)
 		}
+		s.viewMu.Unlock()
 	}
 	return errs
 }
@@ -646,6 +640,7 @@ func (s *Speaker) Status(ctx context.Context) []statusapi.Peer {
 	}
 	s.viewMu.Lock()
 	srv := s.view
+	applyErrs := maps.Clone(s.applyErrs)
 	s.viewMu.Unlock()
 	live := map[string]*api.Peer{}
 	if srv != nil {
@@ -653,12 +648,6 @@ func (s *Speaker) Status(ctx context.Context) []statusapi.Peer {
 			live[p.GetConf().GetNeighborAddress()] = p
 		})
 	}
-	s.applyMu.Lock()
-	applyErrs := make(map[netip.Addr]string, len(s.applyErrs))
-	for k, v := range s.applyErrs {
-		applyErrs[k] = v
-	}
-	s.applyMu.Unlock()
 
 	peers := slices.Clone(d.peers)
 	slices.SortFunc(peers, func(a, b Peer) int { return a.Address.Compare(b.Address) })

@@ -207,6 +207,7 @@ type BIRD struct {
 	Proc   *Proc
 	Socket string
 	Config string
+	Log    string // BIRD's stderr (configure `log stderr all;` to have it)
 }
 
 // StartBIRD writes config to dir and runs `bird -f` in ns; it waits until birdc answers.
@@ -215,14 +216,14 @@ func StartBIRD(t testing.TB, ns Netns, dir, config string) *BIRD {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b := &BIRD{Socket: filepath.Join(dir, "bird.ctl"), Config: filepath.Join(dir, "bird.conf")}
+	b := &BIRD{Socket: filepath.Join(dir, "bird.ctl"), Config: filepath.Join(dir, "bird.conf"), Log: filepath.Join(dir, "bird.log")}
 	if err := os.WriteFile(b.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b.Proc = Start(t, ns, nil, filepath.Join(dir, "bird.log"), "/usr/sbin/bird", "-f", "-s", b.Socket, "-c", b.Config)
+	b.Proc = Start(t, ns, nil, b.Log, "/usr/sbin/bird", "-f", "-s", b.Socket, "-c", b.Config)
 	Eventually(t, 10*time.Second, "BIRD control socket", func() error {
 		if b.Proc.Exited() {
-			log, _ := os.ReadFile(filepath.Join(dir, "bird.log"))
+			log, _ := os.ReadFile(b.Log)
 			t.Fatalf("bird exited: %v\n%s", b.Proc.err, log)
 		}
 		_, err := b.Query("show status")
