@@ -67,6 +67,12 @@ test-vm:
 	  VM_ACCEL='$(VM_ACCEL)' VM_PLAN='$(VM_PLAN)' VM_TIMEOUT='$(VM_TIMEOUT)' \
 	  VM_STEP_TIMEOUT='$(VM_STEP_TIMEOUT)' ./lab/vm/run.sh
 
+# Syntax-checks the Ansible role and renders its config template for the example inventory
+# (no host is contacted); installs Debian's ansible-core if needed, or says why it skips.
+.PHONY: check-ansible
+check-ansible:
+	./configs/ansible/tests/check.sh
+
 # Unit tests only (no root needed for most).
 test-unit:
 	$(GO) test -count=1 -short ./...
