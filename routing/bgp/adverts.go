@@ -13,9 +13,10 @@ import (
 // disableBGPExport. Never the /32s of its own workloads (the block covers them) and never
 // tunnel addresses.
 func Advertisements(snap *datastore.Snapshot, localNode string) []netip.Prefix {
+	exporting := exportingPools(snap)
 	var out []netip.Prefix
 	for cidr, block := range snap.Blocks {
-		if block.Deleted || !exported(snap, cidr) {
+		if block.Deleted || !insideAny(cidr, exporting) {
 			continue
 		}
 		owner, owned := snap.BlockOwner(cidr)
@@ -29,10 +30,19 @@ func Advertisements(snap *datastore.Snapshot, localNode string) []netip.Prefix {
 	return slices.Compact(out)
 }
 
-// exported reports whether a block's pool exists, is enabled and exports to BGP.
-func exported(snap *datastore.Snapshot, block netip.Prefix) bool {
-	pool := snap.PoolFor(block)
-	return pool != nil && !pool.Spec.Disabled && !pool.Spec.DisableBGPExport
+// exportingPools lists the CIDRs of the pools that are enabled and export to BGP. Pools
+// never overlap (SPEC §3), so a block inside one of them belongs to it.
+func exportingPools(snap *datastore.Snapshot) []netip.Prefix {
+	var out []netip.Prefix
+	for _, pool := range snap.Pools {
+		if pool.Spec.Disabled || pool.Spec.DisableBGPExport {
+			continue
+		}
+		if p, err := netip.ParsePrefix(pool.Spec.CIDR); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
 }
 
 // borrowed lists, as /32s, the addresses of a block that localNode really uses

@@ -79,6 +79,7 @@ type grSettings struct {
 // Restart State bit of the graceful-restart capability: this process is a restarting
 // tabbyd, and the peer should keep our routes until we have sent End-of-RIB.
 func apiPeer(p Peer, g Global, t Timers, gr grSettings, restarting bool) *api.Peer {
+	t = t.withDefaults()
 	restart := p.RestartTime
 	if restart <= 0 {
 		restart = gr.restartTime

@@ -346,3 +346,35 @@ func TestTabbyRouteReflector(t *testing.T) {
 		})
 	}
 }
+
+// TestMeshPassword: the node-to-node mesh with nodeMeshPassword. The passive side accepts
+// the session only through the TCP-MD5 key on its listener, which needs Go's MPTCP default
+// off (godebug multipathtcp=0 in go.mod).
+func TestMeshPassword(t *testing.T) {
+	nettest.RequireRoot(t)
+	t.Parallel()
+
+	lan := nettest.NewLAN(t, "md5lan")
+	secrets := t.TempDir()
+	writeSecretFile(t, secrets, "bgp-secrets", "mesh", "m3sh-passw0rd")
+	c := &cluster{
+		nodes: []clusterNode{
+			{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"},
+			{name: "node-b", addr: "10.99.0.2", block: "10.244.2.0/26"},
+		},
+		config: func(s *datastore.BGPConfigurationSpec) { s.NodeMeshPassword = secretRef("bgp-secrets", "mesh") },
+	}
+	sp := map[string]*speaker{}
+	for _, n := range c.nodes {
+		ns := nettest.NewNetns(t, "md5"+n.name[len(n.name)-1:])
+		lan.Attach(t, ns, "eth0", n.addr+"/24")
+		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{secretsDir: secrets})
+	}
+	sp["node-a"].waitEstablished(30*time.Second, "10.99.0.2")
+	sp["node-b"].waitEstablished(30*time.Second, "10.99.0.1")
+	for name, log := range map[string]string{"node-a": sp["node-a"].log(), "node-b": sp["node-b"].log()} {
+		if strings.Contains(log, "m3sh-passw0rd") {
+			t.Errorf("%s logged the mesh password:\n%s", name, log)
+		}
+	}
+}
