@@ -378,3 +378,50 @@ func TestMeshPassword(t *testing.T) {
 		}
 	}
 }
+
+// TestIdentityChange: a node's AS number changes; its speaker restarts its BGP server with
+// the new identity, the other node updates the session, and the mesh comes back as eBGP.
+func TestIdentityChange(t *testing.T) {
+	nettest.RequireRoot(t)
+	t.Parallel()
+
+	lan := nettest.NewLAN(t, "idlan")
+	c := &cluster{nodes: []clusterNode{
+		{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"},
+		{name: "node-b", addr: "10.99.0.2", block: "10.244.2.0/26"},
+	}}
+	sp := map[string]*speaker{}
+	for _, n := range c.nodes {
+		ns := nettest.NewNetns(t, "id"+n.name[len(n.name)-1:])
+		lan.Attach(t, ns, "eth0", n.addr+"/24")
+		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{})
+	}
+	before := sp["node-a"].waitEstablished(30*time.Second, "10.99.0.2")
+	sp["node-b"].waitEstablished(30*time.Second, "10.99.0.1")
+
+	c.nodes[1].bgp = func(s *datastore.NodeBGPSpec) { as := datastore.ASNumber(65002); s.ASNumber = &as }
+	for _, s := range sp {
+		s.update(c.snapshot())
+	}
+	nettest.Eventually(t, 30*time.Second, "node-b restarts its BGP server in AS 65002", func() error {
+		if !strings.Contains(sp["node-b"].log(), `BGP server started" subsystem=bgp router_id=10.99.0.2 as=65002`) {
+			return fmt.Errorf("no restart in the log yet")
+		}
+		return nil
+	})
+	after := sp["node-a"].waitEstablished(30*time.Second, "10.99.0.2")
+	if !after["10.99.0.2"].Since.After(before["10.99.0.2"].Since) {
+		t.Errorf("the session with node-b was not re-established: since %v, before %v", after["10.99.0.2"].Since, before["10.99.0.2"].Since)
+	}
+	sp["node-b"].waitEstablished(30*time.Second, "10.99.0.1")
+	nettest.Eventually(t, 20*time.Second, "node-a learns node-b's block over eBGP", func() error {
+		routes, err := sp["node-a"].routes()
+		if err != nil {
+			return err
+		}
+		if !routeSet(routes)["10.244.2.0/26 via 10.99.0.2"] {
+			return fmt.Errorf("RIB %v", routeSet(routes))
+		}
+		return nil
+	})
+}
