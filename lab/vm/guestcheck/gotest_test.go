@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -52,25 +53,33 @@ func TestGoTest(t *testing.T) {
 	t.Setenv(helperEnv, "1")
 
 	for _, tc := range []struct {
-		run     string
-		wantErr string // "" = pass
+		run       string
+		allowSkip string
+		wantErr   string // a regexp; "" = pass
 	}{
 		{run: "^TestHelperPass$"},
-		{run: "^TestHelper(Pass|Skip)$", wantErr: "TestHelperSkip (gotest_test.go:27: kernel has no ipip support)"},
+		{run: "^TestHelper(Pass|Skip)$", wantErr: `TestHelperSkip \(gotest_test\.go:\d+: kernel has no ipip support\)`},
+		{run: "^TestHelper(Pass|Skip)$", allowSkip: "no ipip support"},
+		{run: "^TestHelper(Pass|Skip)$", allowSkip: "nothing to report", wantErr: "TestHelperSkip"},
+		{run: "^TestHelperSkip$", allowSkip: "no ipip support", wantErr: "no test ran"},
 		{run: "^TestHelperFail$", wantErr: "exit status 1; failed: TestHelperFail"},
 		{run: "^TestNoSuchThing$", wantErr: "no test ran"},
 	} {
+		var allow *regexp.Regexp
+		if tc.allowSkip != "" {
+			allow = regexp.MustCompile(tc.allowSkip)
+		}
 		var out bytes.Buffer
-		err := goTest(root, "./fake/pkg", tc.run, time.Minute, nil, &out)
+		err := goTest(root, "./fake/pkg", tc.run, time.Minute, allow, nil, &out)
 		switch {
 		case tc.wantErr == "" && err != nil:
-			t.Errorf("-run %s: %v\noutput:\n%s", tc.run, err, out.String())
-		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-			t.Errorf("-run %s: error %v, want one containing %q\noutput:\n%s", tc.run, err, tc.wantErr, out.String())
+			t.Errorf("-run %s -allow-skip %q: %v\noutput:\n%s", tc.run, tc.allowSkip, err, out.String())
+		case tc.wantErr != "" && (err == nil || !regexp.MustCompile(tc.wantErr).MatchString(err.Error())):
+			t.Errorf("-run %s -allow-skip %q: error %v, want one matching %q\noutput:\n%s", tc.run, tc.allowSkip, err, tc.wantErr, out.String())
 		}
 	}
 
-	if err := goTest(root, "./fake/other", "^TestHelperPass$", time.Minute, nil, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "no test binary") {
+	if err := goTest(root, "./fake/other", "^TestHelperPass$", time.Minute, nil, nil, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "no test binary") {
 		t.Errorf("missing binary: error %v, want one saying there is no test binary", err)
 	}
 }

@@ -7,10 +7,11 @@
 //	    sends real IP-in-IP packets between two network namespaces wired the way tabby wires
 //	    hosts in IPIP mode (tunl0 adopted, "via <peer> dev tunl0 onlink" routes) and proves
 //	    they were encapsulated, carried and decapsulated.
-//	guestcheck gotest [-timeout D] PKG RUN-REGEXP [-- TEST-FLAGS]
+//	guestcheck gotest [-timeout D] [-allow-skip REGEXP] PKG RUN-REGEXP [-- TEST-FLAGS]
 //	    runs the test binary that lab/vm/run.sh built for package PKG and insists that the
 //	    tests selected by RUN-REGEXP really ran and passed: a skip counts as a failure, since the
-//	    VM exists to provide what those tests would skip for.
+//	    VM exists to provide what those tests would skip for, unless -allow-skip matches
+//	    "TestName (reason)" (a test with nothing to check on a kernel that has ipip, say).
 //
 // Both exit 0 on success and 1 with a one-line reason on stderr otherwise; the guest's /init
 // turns that into the VM's verdict.
@@ -21,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"time"
 )
 
@@ -55,6 +57,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		fs.SetOutput(stderr)
 		timeout := fs.Duration("timeout", 10*time.Minute, "`limit` passed to the test binary as -test.timeout")
 		root := fs.String("root", pkgRoot, "`directory` holding the packages' test binaries")
+		allow := fs.String("allow-skip", "", "`regexp` of skips that are expected here, matched against \"TestName (reason)\"")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -66,12 +69,19 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if len(rest) > 2 {
 			extra = rest[3:]
 		}
-		return goTest(*root, rest[0], rest[1], *timeout, extra, stdout)
+		var allowSkip *regexp.Regexp
+		if *allow != "" {
+			var err error
+			if allowSkip, err = regexp.Compile(*allow); err != nil {
+				return fmt.Errorf("-allow-skip: %w", err)
+			}
+		}
+		return goTest(*root, rest[0], rest[1], *timeout, allowSkip, extra, stdout)
 	default:
 		return usageError()
 	}
 }
 
 func usageError() error {
-	return fmt.Errorf("usage: guestcheck ipip | guestcheck gotest [-timeout D] [-root DIR] PKG RUN-REGEXP [-- TEST-FLAGS]")
+	return fmt.Errorf("usage: guestcheck ipip | guestcheck gotest [-timeout D] [-root DIR] [-allow-skip REGEXP] PKG RUN-REGEXP [-- TEST-FLAGS]")
 }
