@@ -54,6 +54,7 @@ test: deps lint build
 # VM tests (lab/vm/run.sh): tabby's code inside qemu on Debian's stock kernel, which has the
 # ipip module these machines' kernel lacks. Downloads and the unpacked kernel are cached in
 # VM_CACHE; the guest runs every line of VM_PLAN; VM_ACCEL=kvm only where the CPU shows vmx/svm.
+# deps: the guest gets its ip, iptables, ipset and bird from this host.
 VM_CACHE ?= /var/cache/tabby-vm
 VM_FLAVOUR ?= cloud
 VM_ACCEL ?= tcg
@@ -62,7 +63,7 @@ VM_TIMEOUT ?= 300
 VM_STEP_TIMEOUT ?= 240
 
 .PHONY: test-vm
-test-vm:
+test-vm: deps
 	GO='$(GO)' LDFLAGS='$(LDFLAGS)' VM_CACHE='$(VM_CACHE)' VM_FLAVOUR='$(VM_FLAVOUR)' \
 	  VM_ACCEL='$(VM_ACCEL)' VM_PLAN='$(VM_PLAN)' VM_TIMEOUT='$(VM_TIMEOUT)' \
 	  VM_STEP_TIMEOUT='$(VM_STEP_TIMEOUT)' ./lab/vm/run.sh
