@@ -13,10 +13,7 @@ import (
 func BenchmarkPlanSteadyState(b *testing.B) {
 	f := fakeTables{}
 	for _, want := range []tableSpec{natTable(masqDesired, features{randomFully: true}), filterTable(true)} {
-		p := planTable(nil, want)
-		if err := f.restore(p.script()); err != nil {
-			b.Fatal(err)
-		}
+		f.apply(b, planTable(nil, want))
 	}
 	f[tableFilter].policies["FORWARD"] = "DROP" // docker's host: tabby-FORWARD is wanted
 	save := f.save()

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"testing"
 )
 
 // builtinChains are the chains iptables creates with a table.
@@ -41,7 +42,20 @@ func cloneTable(t *tableState) *tableState {
 	return c
 }
 
+// apply runs both transactions of a plan, failing the test if one is refused.
+func (f fakeTables) apply(t testing.TB, p plan) {
+	t.Helper()
+	for _, tx := range []transaction{p.main, p.sweep} {
+		if err := f.restore(p.script(tx)); err != nil {
+			t.Fatalf("restore of the plan failed: %v\n%s", err, p.script(tx))
+		}
+	}
+}
+
 func (f fakeTables) restore(script string) error {
+	if script == "" {
+		return nil
+	}
 	var cur *tableState
 	for n, line := range strings.Split(strings.TrimSpace(script), "\n") {
 		fail := func(format string, a ...any) error {

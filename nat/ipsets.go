@@ -61,7 +61,7 @@ func readSet(k ipsetKernel, name string) (setState, error) {
 		exists: true,
 		usable: res.TypeName == setType && res.Family == unix.AF_INET,
 		refs:   res.References,
-		desc:   fmt.Sprintf("%s family %d", res.TypeName, res.Family),
+		desc:   res.TypeName + " of family " + familyName(res.Family),
 	}
 	for _, e := range res.Entries {
 		addr, ok := netip.AddrFromSlice(e.IP)
@@ -76,6 +76,16 @@ func readSet(k ipsetKernel, name string) (setState, error) {
 	}
 	slices.SortFunc(s.members, comparePrefix)
 	return s, nil
+}
+
+func familyName(f uint8) string {
+	switch f {
+	case unix.AF_INET:
+		return "inet"
+	case unix.AF_INET6:
+		return "inet6"
+	}
+	return fmt.Sprint(f)
 }
 
 func createSet(k ipsetKernel, name string) error {

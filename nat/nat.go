@@ -80,6 +80,9 @@ type Status struct {
 	// LastError is the error of the last failed sync, cleared by the next success.
 	LastError     string
 	LastErrorTime time.Time
+	// Warning is a problem found by the last successful sync that leaves the wanted state in
+	// place, such as a leftover tabby chain that another rule still jumps to.
+	Warning string
 	// Changes counts every change made to the kernel: rules, chains and set members.
 	Changes uint64
 	// Repairs counts the periodic checks that found the kernel changed behind tabby's back
@@ -203,11 +206,16 @@ func (n *NAT) Run(ctx context.Context) error {
 
 	ticker := time.NewTicker(n.opts.RefreshInterval)
 	defer ticker.Stop()
-	retry := time.NewTimer(0)
-	if !retry.Stop() {
-		<-retry.C
+	// retryC is nil (never ready) unless a failed sync waits for its retry.
+	var retryTimer *time.Timer
+	var retryC <-chan time.Time
+	stopRetry := func() {
+		if retryTimer != nil {
+			retryTimer.Stop()
+		}
+		retryC = nil
 	}
-	defer retry.Stop()
+	defer stopRetry()
 	backoff := minBackoff
 	var applied *Desired // the last desired state applied in full
 
@@ -217,7 +225,8 @@ func (n *NAT) Run(ctx context.Context) error {
 			return nil
 		case <-n.wake:
 		case <-ticker.C:
-		case <-retry.C:
+		case <-retryC:
+			retryC = nil
 		}
 		d := n.latest()
 		if d == nil {
@@ -237,14 +246,20 @@ func (n *NAT) Run(ctx context.Context) error {
 				st.LastError = err.Error()
 				st.LastErrorTime = time.Now()
 			})
-			retry.Reset(backoff)
+			stopRetry()
+			retryTimer = time.NewTimer(backoff)
+			retryC = retryTimer.C
 			backoff = min(backoff*2, maxBackoff)
 			continue
 		}
-		retry.Stop()
+		stopRetry()
 		backoff = minBackoff
 		applied = d
+		if res.warning != "" && res.warning != n.Status().Warning {
+			n.log.Warn("NAT state applied, with a problem", "warning", res.warning)
+		}
 		n.updateStatus(func(st *Status) {
+			st.Warning = res.warning
 			st.Synced, st.InSync = true, true
 			st.LastSync, st.LastSyncDuration = time.Now(), time.Since(start)
 			st.LastError, st.LastErrorTime = "", time.Time{}
@@ -304,6 +319,8 @@ type syncResult struct {
 	featureNote   string
 	detected      bool // the backend was selected in this sync
 	forwardAccept bool
+	// warning is a problem that does not keep the wanted state from being in place.
+	warning string
 }
 
 // sync makes the kernel match d: the ipsets first (the rules refer to them), then both
@@ -335,26 +352,48 @@ func (s *syncer) sync(ctx context.Context, d Desired) (syncResult, error) {
 		return res, fmt.Errorf("read iptables: %w", err)
 	}
 	res.forwardAccept = forwardDrops(tables[tableFilter])
-	var script strings.Builder
-	var planned []string
+	var plans []plan
 	for _, want := range []tableSpec{natTable(d, s.features), filterTable(res.forwardAccept)} {
-		p := planTable(tables[want.table], want)
-		if p.empty() {
+		plans = append(plans, planTable(tables[want.table], want))
+	}
+	changes, sweepErr, err := applyPlans(ctx, s.backend, s.runner, plans)
+	res.changes = append(res.changes, changes...)
+	if sweepErr != nil {
+		res.warning = "leftover tabby chains could not be removed: " + sweepErr.Error()
+	}
+	return res, err
+}
+
+// applyPlans runs the main transactions of all tables in one iptables-restore, then the
+// sweeps in another, and returns the changes made. A failed sweep is reported apart
+// (sweepErr): the wanted rules are in place by then.
+func applyPlans(ctx context.Context, b *backend, r runner, plans []plan) (made []string, sweepErr, err error) {
+	for n, phase := range []func(*plan) transaction{
+		func(p *plan) transaction { return p.main },
+		func(p *plan) transaction { return p.sweep },
+	} {
+		var script strings.Builder
+		var changes []string
+		for i := range plans {
+			p := &plans[i]
+			script.WriteString(p.script(phase(p)))
+			for _, c := range phase(p).changes {
+				changes = append(changes, p.table+": "+c)
+			}
+		}
+		if script.Len() == 0 {
 			continue
 		}
-		script.WriteString(p.script())
-		for _, c := range p.changes {
-			planned = append(planned, want.table+": "+c)
+		if err := b.restore(ctx, r, script.String()); err != nil {
+			err = fmt.Errorf("apply iptables changes (%s): %w", strings.Join(changes, "; "), err)
+			if n == 0 {
+				return made, nil, err
+			}
+			return made, err, nil
 		}
+		made = append(made, changes...)
 	}
-	if script.Len() == 0 {
-		return res, nil
-	}
-	if err := s.backend.restore(ctx, s.runner, script.String()); err != nil {
-		return res, fmt.Errorf("apply iptables changes (%s): %w", strings.Join(planned, "; "), err)
-	}
-	res.changes = append(res.changes, planned...)
-	return res, nil
+	return made, nil, nil
 }
 
 // forwardDrops reports whether the filter table's FORWARD chain drops what no rule accepts.
@@ -420,21 +459,15 @@ func cleanBackend(ctx context.Context, r runner, b *backend, log *slog.Logger) e
 	if err != nil {
 		return fmt.Errorf("read iptables (%s): %w", b.mode, err)
 	}
-	var script strings.Builder
+	var plans []plan
 	for name, cur := range tables {
-		p := planTable(cur, tableSpec{table: name}) // wanting nothing: every tabby rule and chain goes
-		if p.empty() {
-			continue
-		}
-		script.WriteString(p.script())
-		for _, c := range p.changes {
-			log.Info("cleanup", "backend", b.mode, "table", name, "change", c)
-		}
+		plans = append(plans, planTable(cur, tableSpec{table: name})) // wanting nothing: all of tabby's goes
 	}
-	if script.Len() == 0 {
-		return nil
+	made, sweepErr, err := applyPlans(ctx, b, r, plans)
+	for _, c := range made {
+		log.Info("cleanup", "backend", b.mode, "change", c)
 	}
-	if err := b.restore(ctx, r, script.String()); err != nil {
+	if err = errors.Join(err, sweepErr); err != nil {
 		return fmt.Errorf("remove tabby's iptables rules (%s): %w", b.mode, err)
 	}
 	return nil

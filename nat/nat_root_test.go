@@ -343,3 +343,42 @@ func TestAutoBackendFollowsTheHost(t *testing.T) {
 		t.Error("an unknown backend name was accepted")
 	}
 }
+
+// TestRecoversFromFailures: what blocks a sync is reported and retried until it clears, and
+// a leftover that cannot be removed does not hold back the wanted rules.
+func TestRecoversFromFailures(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, mode string) {
+		ns := newNetNS(t, "natfail")
+		ipt := "iptables-" + mode
+		// Someone else's set of the wrong type under tabby's name, in use by their rule: it
+		// can be neither swapped nor destroyed, so the sync fails.
+		inNS(t, ns, "ipset", "create", AllSetName, "hash:ip")
+		foreignUse := []string{"INPUT", "-m", "set", "--match-set", AllSetName, "src", "-j", "ACCEPT"}
+		inNS(t, ns, append([]string{ipt, "-t", "filter", "-I"}, foreignUse...)...)
+		// A leftover tabby chain that another rule still jumps to.
+		inNS(t, ns, ipt, "-t", "nat", "-N", "tabby-old")
+		inNS(t, ns, ipt, "-t", "nat", "-A", "OUTPUT", "-j", "tabby-old")
+
+		n, _ := startNAT(t, ns, mode, time.Hour) // no periodic checks: recovery is the retry's doing
+		n.Set(masqDesired)
+		eventually(t, "the failure to be reported", func() bool {
+			return strings.Contains(n.Status().LastError, "cannot be swapped")
+		})
+		if n.Synced() {
+			t.Fatal("synced although the set of all pools is unusable")
+		}
+
+		inNS(t, ns, append([]string{ipt, "-t", "filter", "-D"}, foreignUse...)...)
+		waitSynced(t, n)
+		if got := setMembers(t, ns, AllSetName); !slices.Equal(got, []string{"10.244.0.0/16", "10.250.0.0/16"}) {
+			t.Errorf("%s = %q", AllSetName, got)
+		}
+		nat := saveTable(t, ns, mode, tableNAT)
+		if !strings.Contains(nat, "-A tabby-nat-outgoing -m comment") || !strings.Contains(nat, ":tabby-old") {
+			t.Fatalf("want the MASQUERADE rule in place and the leftover kept:\n%s", nat)
+		}
+		if st := n.Status(); !strings.Contains(st.Warning, "tabby-old") || st.LastError != "" {
+			t.Errorf("status %+v: want a warning about tabby-old and no error", st)
+		}
+	})
+}

@@ -7,30 +7,45 @@ import (
 )
 
 // plan is what one table needs to go from what the kernel has to what tabby wants: the
-// commands of one iptables-restore --noflush transaction, and a line per change for the log.
+// commands of iptables-restore --noflush transactions, and a line per change for the log.
 //
-// The transaction is atomic (legacy iptables replaces the whole table at once, nf_tables
+// A transaction is atomic (legacy iptables replaces the whole table at once, nf_tables
 // commits one batch), so a rule that is replaced or moved is never missing as far as
 // packets can tell, whatever the order of the commands inside it. Commands are still
 // written deletes first because rule positions of later inserts count on them.
+//
+// Leftover tabby chains are removed in a second transaction (sweep): the kernel refuses to
+// delete a chain that someone else's rule still jumps to, and such a leftover must not hold
+// back the rules that are wanted.
 type plan struct {
-	table   string
+	table       string
+	main, sweep transaction
+}
+
+// transaction is one iptables-restore COMMIT's worth of commands.
+type transaction struct {
 	lines   []string
 	changes []string
 }
 
-func (p *plan) add(line, change string) {
-	p.lines = append(p.lines, line)
-	p.changes = append(p.changes, change)
+func (t *transaction) add(line, change string) {
+	t.lines = append(t.lines, line)
+	t.changes = append(t.changes, change)
 }
 
-func (p *plan) empty() bool { return len(p.lines) == 0 }
+func (p *plan) empty() bool { return len(p.main.lines) == 0 && len(p.sweep.lines) == 0 }
 
-// script renders the plan as iptables-restore input.
-func (p *plan) script() string {
+// changes lists what the plan does, main transaction first.
+func (p *plan) changes() []string { return append(slices.Clone(p.main.changes), p.sweep.changes...) }
+
+// script renders a transaction of the plan as iptables-restore input, "" when it is empty.
+func (p *plan) script(t transaction) string {
+	if len(t.lines) == 0 {
+		return ""
+	}
 	var b strings.Builder
 	b.WriteString("*" + p.table + "\n")
-	for _, l := range p.lines {
+	for _, l := range t.lines {
 		b.WriteString(l + "\n")
 	}
 	b.WriteString("COMMIT\n")
@@ -46,7 +61,8 @@ func (p *plan) script() string {
 //     them).
 //   - In every other chain, only rules with a tabby comment are touched: the hook rule is
 //     kept (and, where it must be, put back first); any other tabby rule is removed.
-//   - tabby chains no longer wanted are flushed and deleted, after the rules jumping to them.
+//   - tabby chains no longer wanted are flushed and deleted (in the sweep transaction), after
+//     tabby's rules jumping to them are gone.
 func planTable(cur *tableState, want tableSpec) plan {
 	if cur == nil {
 		cur = newTableState(want.table)
@@ -59,7 +75,7 @@ func planTable(cur *tableState, want tableSpec) plan {
 	for _, c := range want.chains {
 		wanted[c.name] = true
 		if _, ok := cur.chains[c.name]; !ok {
-			p.add(":"+c.name+" - [0:0]", "create chain "+c.name)
+			p.main.add(":"+c.name+" - [0:0]", "create chain "+c.name)
 		}
 	}
 	for _, c := range want.chains {
@@ -95,11 +111,11 @@ func planTable(cur *tableState, want tableSpec) plan {
 	// Flush them all before deleting any: one stale chain may jump to another.
 	for _, name := range stale {
 		if len(cur.chains[name]) > 0 {
-			p.add("-F "+name, "flush chain "+name+" (no longer wanted)")
+			p.sweep.add("-F "+name, "flush chain "+name+" (no longer wanted)")
 		}
 	}
 	for _, name := range stale {
-		p.add("-X "+name, "delete chain "+name+" (no longer wanted)")
+		p.sweep.add("-X "+name, "delete chain "+name+" (no longer wanted)")
 	}
 	return p
 }
@@ -143,7 +159,7 @@ func (p *plan) syncChain(c chainSpec, have []string) {
 		clear(lastPos)
 	}
 	for _, spec := range deletes {
-		p.add("-D "+c.name+" "+spec, "delete rule "+c.name+" "+spec)
+		p.main.add("-D "+c.name+" "+spec, "delete rule "+c.name+" "+spec)
 	}
 	length := len(lastPos)
 	for i, r := range c.rules {
@@ -152,9 +168,9 @@ func (p *plan) syncChain(c chainSpec, have []string) {
 		}
 		// Every wanted rule before r is in place at positions 1..i by now.
 		if i == length {
-			p.add("-A "+c.name+" "+r.spec, "add rule "+c.name+" "+r.spec)
+			p.main.add("-A "+c.name+" "+r.spec, "add rule "+c.name+" "+r.spec)
 		} else {
-			p.add("-I "+c.name+" "+strconv.Itoa(i+1)+" "+r.spec, "insert rule "+c.name+" "+r.spec)
+			p.main.add("-I "+c.name+" "+strconv.Itoa(i+1)+" "+r.spec, "insert rule "+c.name+" "+r.spec)
 		}
 		length++
 	}
@@ -176,7 +192,7 @@ func (p *plan) syncHook(chain string, have []string, h hookSpec, hasHook bool) {
 	}
 	if !hasHook {
 		for _, f := range ours {
-			p.add("-D "+chain+" "+f.spec, "delete rule "+chain+" "+f.spec)
+			p.main.add("-D "+chain+" "+f.spec, "delete rule "+chain+" "+f.spec)
 		}
 		return
 	}
@@ -187,9 +203,9 @@ func (p *plan) syncHook(chain string, have []string, h hookSpec, hasHook bool) {
 		// Wrong, duplicated, or no longer first (something was inserted before it): remove
 		// tabby's rules and put the hook back at the top, atomically.
 		for _, f := range ours {
-			p.add("-D "+chain+" "+f.spec, "delete rule "+chain+" "+f.spec)
+			p.main.add("-D "+chain+" "+f.spec, "delete rule "+chain+" "+f.spec)
 		}
-		p.add("-I "+chain+" 1 "+h.rule.spec, "insert rule "+chain+" at 1 "+h.rule.spec)
+		p.main.add("-I "+chain+" 1 "+h.rule.spec, "insert rule "+chain+" at 1 "+h.rule.spec)
 		return
 	}
 	keptOne := false
@@ -198,10 +214,10 @@ func (p *plan) syncHook(chain string, have []string, h hookSpec, hasHook bool) {
 			keptOne = true
 			continue
 		}
-		p.add("-D "+chain+" "+f.spec, "delete rule "+chain+" "+f.spec)
+		p.main.add("-D "+chain+" "+f.spec, "delete rule "+chain+" "+f.spec)
 	}
 	if !keptOne {
-		p.add("-I "+chain+" 1 "+h.rule.spec, "insert rule "+chain+" at 1 "+h.rule.spec)
+		p.main.add("-I "+chain+" 1 "+h.rule.spec, "insert rule "+chain+" at 1 "+h.rule.spec)
 	}
 }
 

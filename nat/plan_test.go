@@ -34,27 +34,21 @@ func readGolden(t *testing.T, name string) string {
 	return string(b)
 }
 
-// applyPlans plans both tables against f, applies the plans, and returns what changed.
-func applyPlans(t *testing.T, f fakeTables, d Desired, feat features, forwardDrop bool) []string {
+// applyDesired plans both tables against f, applies the plans, and returns what changed.
+func applyDesired(t *testing.T, f fakeTables, d Desired, feat features, forwardDrop bool) []string {
 	t.Helper()
 	var changes []string
 	for _, want := range []tableSpec{natTable(d, feat), filterTable(forwardDrop)} {
-		cur := f[want.table]
-		p := planTable(cur, want)
-		if p.empty() {
-			continue
-		}
-		if err := f.restore(p.script()); err != nil {
-			t.Fatalf("restore of the plan failed: %v\n%s", err, p.script())
-		}
-		changes = append(changes, p.changes...)
+		p := planTable(f[want.table], want)
+		f.apply(t, p)
+		changes = append(changes, p.changes()...)
 	}
 	return changes
 }
 
 func TestNATRulesMatchSpec(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{randomFully: true}, false)
+	applyDesired(t, f, masqDesired, features{randomFully: true}, false)
 	// The same golden file is what the kernel must print in the root tests.
 	if got, want := f.save(), readGolden(t, "nat-masq.golden"); got != want {
 		t.Errorf("nat table:\n%s\nwant:\n%s", got, want)
@@ -68,7 +62,7 @@ func TestNATRulesMatchSpec(t *testing.T) {
 
 func TestNATRulesWithoutRandomFully(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{}, false)
+	applyDesired(t, f, masqDesired, features{}, false)
 	for _, r := range f[tableNAT].chains[ChainNATOutgoing] {
 		if strings.Contains(r, "random-fully") {
 			t.Errorf("rule %q uses --random-fully on a host without it", r)
@@ -78,10 +72,10 @@ func TestNATRulesWithoutRandomFully(t *testing.T) {
 
 func TestNATOutgoingOffEmptiesChain(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{randomFully: true}, false)
+	applyDesired(t, f, masqDesired, features{randomFully: true}, false)
 	off := masqDesired
 	off.MasqPools = nil
-	changes := applyPlans(t, f, off, features{randomFully: true}, false)
+	changes := applyDesired(t, f, off, features{randomFully: true}, false)
 	if got, want := f.save(), readGolden(t, "nat-nomasq.golden"); got != want {
 		t.Errorf("nat table:\n%s\nwant:\n%s", got, want)
 	}
@@ -92,7 +86,7 @@ func TestNATOutgoingOffEmptiesChain(t *testing.T) {
 
 func TestForwardChainOnlyWhereForwardDrops(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{}, true)
+	applyDesired(t, f, masqDesired, features{}, true)
 	fwd := f[tableFilter].chains[ChainForward]
 	want := []string{"-m set --match-set tabby40all-ipam-pools src -j ACCEPT", "-m set --match-set tabby40all-ipam-pools dst -j ACCEPT"}
 	if len(fwd) != 2 || !strings.HasSuffix(fwd[0], want[0]) || !strings.HasSuffix(fwd[1], want[1]) {
@@ -101,7 +95,7 @@ func TestForwardChainOnlyWhereForwardDrops(t *testing.T) {
 	if hook := f[tableFilter].chains["FORWARD"]; len(hook) != 1 || !strings.HasSuffix(hook[0], "-j "+ChainForward) {
 		t.Fatalf("FORWARD = %q", hook)
 	}
-	applyPlans(t, f, masqDesired, features{}, false)
+	applyDesired(t, f, masqDesired, features{}, false)
 	if _, ok := f[tableFilter].chains[ChainForward]; ok || len(f[tableFilter].chains["FORWARD"]) != 0 {
 		t.Errorf("FORWARD accepts again but tabby's chain stays:\n%s", f.save())
 	}
@@ -110,34 +104,32 @@ func TestForwardChainOnlyWhereForwardDrops(t *testing.T) {
 // TestPlanAdoptsExistingState: a restarted tabbyd that finds its own rules plans nothing.
 func TestPlanAdoptsExistingState(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{randomFully: true}, true)
+	applyDesired(t, f, masqDesired, features{randomFully: true}, true)
 	parsed, err := parseSave(f.save())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []tableSpec{natTable(masqDesired, features{randomFully: true}), filterTable(true)} {
 		if p := planTable(parsed[want.table], want); !p.empty() {
-			t.Errorf("%s: adopting the installed state plans changes:\n%s", want.table, p.script())
+			t.Errorf("%s: adopting the installed state plans changes: %q", want.table, p.changes())
 		}
 	}
 }
 
 func TestJumpPutBackFirst(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{}, false)
+	applyDesired(t, f, masqDesired, features{}, false)
 	post := f[tableNAT].chains["POSTROUTING"]
 	foreign := "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
 	f[tableNAT].chains["POSTROUTING"] = append([]string{foreign}, post...)
 	p := planTable(f[tableNAT], natTable(masqDesired, features{}))
-	if err := f.restore(p.script()); err != nil {
-		t.Fatal(err)
-	}
+	f.apply(t, p)
 	got := f[tableNAT].chains["POSTROUTING"]
 	if len(got) != 2 || got[0] != post[0] || got[1] != foreign {
 		t.Errorf("POSTROUTING = %q, want tabby's jump first, then docker's rule", got)
 	}
-	if !slices.Equal(p.lines, []string{"-D POSTROUTING " + post[0], "-I POSTROUTING 1 " + post[0]}) {
-		t.Errorf("plan = %q", p.lines)
+	if !slices.Equal(p.main.lines, []string{"-D POSTROUTING " + post[0], "-I POSTROUTING 1 " + post[0]}) {
+		t.Errorf("plan = %q", p.main.lines)
 	}
 }
 
@@ -196,7 +188,7 @@ func TestPlanConvergesFromAnyState(t *testing.T) {
 		from, to := desires[rng.IntN(len(desires))], desires[rng.IntN(len(desires))]
 		feat := features{randomFully: rng.IntN(2) == 0}
 		f := fakeTables{}
-		applyPlans(t, f, from, features{randomFully: rng.IntN(2) == 0}, rng.IntN(2) == 0)
+		applyDesired(t, f, from, features{randomFully: rng.IntN(2) == 0}, rng.IntN(2) == 0)
 		nat := f[tableNAT]
 		// Others' rules around tabby's jump.
 		for _, r := range foreignPost {
@@ -247,15 +239,14 @@ func TestPlanConvergesFromAnyState(t *testing.T) {
 		}
 		for _, want := range []tableSpec{natTable(to, feat), filterTable(false)} {
 			p := planTable(parsed[want.table], want)
-			if p.empty() {
-				continue
-			}
-			if err := f.restore(p.script()); err != nil {
-				t.Fatalf("iteration %d: %v\nfrom:\n%s\nplan:\n%s", iter, err, before, p.script())
+			for _, tx := range []transaction{p.main, p.sweep} {
+				if err := f.restore(p.script(tx)); err != nil {
+					t.Fatalf("iteration %d: %v\nfrom:\n%s\nplan:\n%s", iter, err, before, p.script(tx))
+				}
 			}
 		}
 		want := fakeTables{}
-		applyPlans(t, want, to, feat, false)
+		applyDesired(t, want, to, feat, false)
 		post := f[tableNAT].chains["POSTROUTING"]
 		wantJump := want[tableNAT].chains["POSTROUTING"][0]
 		if len(post) == 0 || post[0] != wantJump || !slices.Equal(post[1:], foreignBefore) {
@@ -273,21 +264,18 @@ func TestPlanConvergesFromAnyState(t *testing.T) {
 		}
 		again, _ := parseSave(f.save())
 		if p := planTable(again[tableNAT], natTable(to, feat)); !p.empty() {
-			t.Fatalf("iteration %d: second plan not empty:\n%s", iter, p.script())
+			t.Fatalf("iteration %d: second plan not empty:\n%s%s", iter, p.script(p.main), p.script(p.sweep))
 		}
 	}
 }
 
 func TestCleanupPlanRemovesOnlyTabby(t *testing.T) {
 	f := fakeTables{}
-	applyPlans(t, f, masqDesired, features{}, true)
+	applyDesired(t, f, masqDesired, features{}, true)
 	foreign := "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
 	f[tableNAT].chains["POSTROUTING"] = append([]string{foreign}, f[tableNAT].chains["POSTROUTING"]...)
 	for _, name := range []string{tableNAT, tableFilter} {
-		p := planTable(f[name], tableSpec{table: name})
-		if err := f.restore(p.script()); err != nil {
-			t.Fatal(err)
-		}
+		f.apply(t, planTable(f[name], tableSpec{table: name}))
 	}
 	if got := f.save(); strings.Contains(got, "tabby") || !strings.Contains(got, "-A POSTROUTING "+foreign) {
 		t.Errorf("after cleanup:\n%s", got)
