@@ -419,4 +419,15 @@ func TestShowCountsPoolsAndBlocks(t *testing.T) {
 	if u.Pools[1].Total != 256 || u.Pools[1].InUse != 0 {
 		t.Fatalf("empty pool %+v", u.Pools[1])
 	}
+	// A block whose pool was deleted is listed on its own.
+	orphan := netip.MustParsePrefix("10.200.0.0/26")
+	ob := newBlock(orphan, "gone", time.Now())
+	takeFirstFree(ob, "h", nil)
+	f.put(f.c.Keys.Block(orphan), ob)
+	if u, err = a.Show(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(u.Orphans) != 1 || u.Orphans[0].CIDR != orphan || u.Orphans[0].InUse != 1 || u.Orphans[0].Host != "gone" {
+		t.Fatalf("orphans %+v", u.Orphans)
+	}
 }
