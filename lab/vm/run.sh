@@ -286,29 +286,51 @@ fi
 
 # Modules: each one's dependencies, from modules.dep, are loaded first. depmod lists them so
 # that loading the list backwards works, as modprobe does. A module built into this kernel
-# needs nothing; one that exists in neither form is an error, not a silent gap.
+# needs nothing; one that exists in neither form is an error, not a silent gap. Soft
+# dependencies ("softdep libcrc32c pre: crc32c", names that may be aliases) are loaded first
+# too, but marked optional with a leading "?": an alias can name several modules, and some
+# cannot load here (crc32c_intel needs SSE4.2, which TCG's CPU lacks), as with modprobe.
 moddir="$kdir/lib/modules/$kver"
 mapfile -t order < <(awk -v want="$VM_MODULES" '
 	function norm(p) { sub(/.*\//, "", p); sub(/\.ko(\.(xz|zst|gz))?$/, "", p); gsub(/-/, "_", p); return p }
+	# add prints module m after what it needs; opt marks it optional.
+	function add(m, opt,    k, f, j, n, s, t, a) {
+		if (m in seen || !(m in line)) return
+		seen[m] = 1
+		n = split(pre[m], s, " ")
+		for (j = 1; j <= n; j++) {
+			if (s[j] in line) { add(s[j], 1); continue }
+			a = split(aliases[s[j]], t, " ")
+			for (k = 1; k <= a; k++) add(t[k], 1)
+		}
+		k = split(line[m], f, /[ \t]+/) # f[1] is "module:", f[2..k] its dependencies
+		for (j = k; j >= 2; j--) add(norm(f[j]), opt)
+		print (opt ? "?" : "") path[m]
+	}
 	FILENAME ~ /modules\.builtin$/ { builtin[norm($1)] = 1; next }
-	{ key = $1; sub(/:$/, "", key); line[norm(key)] = $0 }
+	FILENAME ~ /modules\.alias$/ { a = $2; gsub(/-/, "_", a); aliases[a] = aliases[a] " " $3; next }
+	FILENAME ~ /modules\.softdep$/ {
+		if ($1 != "softdep") next
+		for (i = 3; i <= NF && $i != "pre:"; i++) {}
+		o = $2; gsub(/-/, "_", o)
+		for (i++; i <= NF && $i != "post:"; i++) { d = $i; gsub(/-/, "_", d); pre[o] = pre[o] " " d }
+		next
+	}
+	{ key = $1; sub(/:$/, "", key); m = norm(key); line[m] = $0; path[m] = key }
 	END {
 		n = split(want, ws, /[ \t\n]+/)
 		for (i = 1; i <= n; i++) {
 			m = ws[i]; gsub(/-/, "_", m)
 			if (m == "" || (!(m in line) && (m in builtin))) continue
 			if (!(m in line)) { print "MISSING " m; continue }
-			k = split(line[m], f, /[ \t]+/) # f[1] is "module:", f[2..k] its dependencies
-			for (j = k; j >= 1; j--) {
-				p = f[j]; sub(/:$/, "", p)
-				if (p != "" && !(p in seen)) { seen[p] = 1; print p }
-			}
+			add(m, 0)
 		}
-	}' "$moddir/modules.builtin" "$moddir/modules.dep")
+	}' "$moddir/modules.builtin" "$moddir/modules.alias" "$moddir/modules.softdep" "$moddir/modules.dep")
 nomod=$(printf '%s\n' "${order[@]}" | awk '$1 == "MISSING" { printf " %s", $2 }')
 [[ -z $nomod ]] || die "kernel $kver has no module (neither loadable nor built in):$nomod"
 plain=()
-for ko in "${order[@]}"; do
+for entry in "${order[@]}"; do
+	ko=${entry#\?}
 	case $ko in
 	*.xz | *.zst | *.gz)
 		out="$stage/lib/modules/$kver/${ko%.*}"
