@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,7 +18,7 @@ const RouterAS = 64513
 // which is what makes Direct mode work across subnets: the router learns the blocks.
 func (c *Cluster) birdConfig() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# written by tabbylab\nrouter id %s;\nprotocol device {}\n", c.Topo.Segments[0].Router.Addr())
+	fmt.Fprintf(&b, "# written by tabbylab\nlog stderr { warning, error, fatal };\nrouter id %s;\nprotocol device {}\n", c.Topo.Segments[0].Router.Addr())
 	b.WriteString("protocol kernel {\n  ipv4 { import none; export all; };\n  merge paths on;\n}\n")
 	fmt.Fprintf(&b, "template bgp tabbyhost {\n  local as %d;\n  connect retry time 1;\n  ipv4 { import all; export none; };\n}\n", RouterAS)
 	for _, h := range c.Topo.Hosts {
@@ -67,7 +68,10 @@ func (c *Cluster) SetBird(ctx context.Context, on bool) error {
 				return err
 			}
 		}
-		return os.Remove(c.pidFile("bird"))
+		if err := os.Remove(c.pidFile("bird")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
 	}
 	conf := filepath.Join(c.StateDir, "bird.conf")
 	if err := os.WriteFile(conf, []byte(c.birdConfig()), 0o644); err != nil {

@@ -305,6 +305,11 @@ runDir: %s
 statusSocket: %s
 bgp:
   secretsDir: %s
+  # Short timers, so that a closed TCP 179 (tabbylab fault bgp-port) shows within seconds
+  # instead of the 90 s of a production hold time, and a reopened one heals at once.
+  connectRetry: 1s
+  holdTime: 9s
+  keepalive: 3s
 health:
   listen: "127.0.0.1:9099"
 metrics:

@@ -99,17 +99,28 @@ func protoName(p int) string {
 	return fmt.Sprint(p)
 }
 
-// TabbyRoutes returns the routes of tabby's protocol in a host's main table as
-// `ip route` text, one line each, sorted: the form the end-to-end tests compare.
+// TabbyRoutes returns the routes of tabby's protocol in a host's main table as `ip route`
+// text, one line each, sorted: the form the end-to-end tests compare. The protocol is
+// always printed as its number: whether iproute2 names it "tabby" depends on a file
+// tabbyd may have written to /etc/iproute2/rt_protos.d.
 func (t *Topology) TabbyRoutes(host string) ([]string, error) {
-	out, err := Command(t.HostNS(host), "ip", "route", "show", "proto", fmt.Sprint(TabbyRouteProtocol)).Output()
+	out, err := Command(t.HostNS(host), "ip", "-4", "route", "show", "table", "main").Output()
 	if err != nil {
 		return nil, fmt.Errorf("ip route in %s: %w", host, err)
 	}
+	want := fmt.Sprint(TabbyRouteProtocol)
 	var lines []string
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if l = strings.Join(strings.Fields(l), " "); l != "" {
-			lines = append(lines, l)
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		ours := false
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "proto" && (f[i+1] == want || f[i+1] == "tabby") {
+				f[i+1] = want
+				ours = true
+			}
+		}
+		if ours {
+			lines = append(lines, strings.Join(f, " "))
 		}
 	}
 	sort.Strings(lines)

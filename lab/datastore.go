@@ -1,0 +1,48 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/tabby-net/tabby/datastore"
+)
+
+// Datastore connects this process to the lab's etcd. The root namespace has no route to
+// the lab (and must not get one), so every connection is a socket made on a thread inside
+// the router's namespace, where etcd listens; once connected it works from any thread.
+// The caller closes the client.
+func (c *Cluster) Datastore() (*datastore.Client, error) {
+	ns := c.Topo.RouterNS()
+	endpoint := fmt.Sprintf("http://%s:%d", c.Topo.Segments[0].Router.Addr(), EtcdPort)
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{endpoint},
+		DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return DialInNS(ctx, ns, "tcp", addr)
+		})},
+		// The client's own retries would otherwise log to stderr through zap.
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for the lab (%s in %s): %w", endpoint, ns, err)
+	}
+	return datastore.NewFromEtcd(cli, ""), nil
+}
+
+// DialInNS opens a connection from inside a named namespace.
+func DialInNS(ctx context.Context, nsName, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := InNS(nsName, func() error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		conn = c
+		return err
+	})
+	return conn, err
+}
