@@ -27,7 +27,9 @@ func (c *Cluster) birdConfig() string {
 	return b.String()
 }
 
-func birdName(host string) string { return "host_" + strings.NewReplacer("-", "_", ".", "_").Replace(host) }
+func birdName(host string) string {
+	return "host_" + strings.NewReplacer("-", "_", ".", "_").Replace(host)
+}
 
 // birdPeers are the BGPPeer resources that make every host peer with the router's address
 // in its own subnet, chosen by the subnet label tabbylab gives each node.
