@@ -433,11 +433,7 @@ func (b *desiredBuilder) finish() State {
 		s.Problems = append(s.Problems, p)
 	}
 	for reason, n := range b.skipped {
-		noun := "routes"
-		if n == 1 {
-			noun = "route"
-		}
-		s.Problems = append(s.Problems, fmt.Sprintf("%s: %d %s not installed", strings.TrimSpace(reason), n, noun))
+		s.Problems = append(s.Problems, fmt.Sprintf("%s: %s not installed", strings.TrimSpace(reason), plural(n, "route")))
 	}
 	sortState(&s)
 	return s

@@ -1,0 +1,89 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// CleanupReport says what Cleanup removed.
+type CleanupReport struct {
+	Routes int
+	// VXLANDeleted: vxlan.tabby existed and was deleted.
+	VXLANDeleted bool
+	// Tunl0 is what happened to tunl0: "absent", "deleted", or "stripped" (the ipip
+	// module's fallback device cannot be deleted: its addresses were removed, it was set
+	// down and given its default MTU back instead).
+	Tunl0 string
+}
+
+// Cleanup removes everything tabby installs in the namespace of h (for `tabbyd cleanup`):
+// every route with tabby's protocol in any table, vxlan.tabby, and tunl0. tunl0 is deleted;
+// when it is the ipip module's fallback device the kernel ignores the delete, so its IPv4
+// addresses (tabby's tunnel address) are removed, it is set down and its MTU goes back to
+// the kernel's default (1480). Routes of other
+// protocols are never touched.
+func Cleanup(ctx context.Context, h *netlink.Handle, protocol int) (CleanupReport, error) {
+	return cleanup(ctx, h, protocol)
+}
+
+func cleanup(ctx context.Context, nl netlinker, protocol int) (CleanupReport, error) {
+	if protocol == 0 {
+		protocol = DefaultProtocol
+	}
+	rep := CleanupReport{Tunl0: "absent"}
+	var ours []netlink.Route
+	filter := &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: netlink.RouteProtocol(protocol)}
+	err := nl.RouteListFilteredIter(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL, func(r netlink.Route) bool {
+		ours = append(ours, r)
+		return true
+	})
+	if err != nil {
+		return rep, fmt.Errorf("list routes: %w", err)
+	}
+	for i, r := range ours {
+		if i%ctxCheckEvery == 0 && ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		del := &netlink.Route{Dst: r.Dst, Priority: r.Priority, Table: r.Table, Protocol: r.Protocol, Tos: r.Tos}
+		if err := nl.RouteDel(del); err != nil && !isGone(err) {
+			return rep, fmt.Errorf("delete route %s: %w", r.Dst, err)
+		}
+		rep.Routes++
+	}
+
+	if link, err := nl.LinkByName(DeviceVXLAN); err == nil {
+		if err := nl.LinkDel(link); err != nil && !isGone(err) {
+			return rep, fmt.Errorf("delete %s: %w", DeviceVXLAN, err)
+		}
+		rep.VXLANDeleted = true
+	} else if !isNotFound(err) {
+		return rep, fmt.Errorf("look up %s: %w", DeviceVXLAN, err)
+	}
+
+	link, err := nl.LinkByName(DeviceIPIP)
+	if err != nil {
+		if isNotFound(err) {
+			return rep, nil
+		}
+		return rep, fmt.Errorf("look up %s: %w", DeviceIPIP, err)
+	}
+	if err := nl.LinkDel(link); err != nil && !isGone(err) {
+		return rep, fmt.Errorf("delete %s: %w", DeviceIPIP, err)
+	}
+	link, err = nl.LinkByName(DeviceIPIP)
+	switch {
+	case isNotFound(err):
+		rep.Tunl0 = "deleted"
+		return rep, nil
+	case err != nil:
+		return rep, fmt.Errorf("look up %s: %w", DeviceIPIP, err)
+	}
+	if err := strip(nl, link, nil); err != nil {
+		return rep, err
+	}
+	rep.Tunl0 = "stripped"
+	return rep, nil
+}

@@ -1,0 +1,132 @@
+package routing
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// handleRoute folds one route notification into the record. The kernel also echoes the
+// reconciler's own changes; those match the record and cost nothing. Anything else that
+// touches a route of tabby's (someone deleted or rewrote it) or a prefix tabby wants
+// schedules a repair.
+func (k *Kernel) handleRoute(sch *schedule, u netlink.RouteUpdate) {
+	if u.Table != unix.RT_TABLE_MAIN {
+		return
+	}
+	kr, ok := fromNetlink(u.Route)
+	if !ok {
+		return
+	}
+	key := kr.key()
+	now := time.Now()
+	if int(u.Protocol) != k.proto {
+		if !k.inPools(kr.dst) {
+			k.signalUnderlay()
+		}
+		switch u.Type {
+		case unix.RTM_DELROUTE:
+			if _, ok := k.rec.conflicts[key]; ok {
+				// The route that held a wanted prefix is gone: tabby's can go in.
+				delete(k.rec.conflicts, key)
+				k.askRepair(sch, now)
+			}
+		case unix.RTM_NEWROUTE:
+			if _, ours := k.rec.routes[key]; ours && u.NlFlags&unix.NLM_F_REPLACE != 0 {
+				// Someone replaced tabby's route with their own: theirs stays.
+				delete(k.rec.routes, key)
+				k.rec.conflicts[key] = int(u.Protocol)
+				k.askRepair(sch, now)
+			}
+		}
+		return
+	}
+	have, known := k.rec.routes[key]
+	switch u.Type {
+	case unix.RTM_DELROUTE:
+		if known && sameNextHop(have.kr, kr) {
+			delete(k.rec.routes, key)
+			k.askRepair(sch, now)
+		}
+	case unix.RTM_NEWROUTE:
+		if known && have.kr == kr {
+			return // the echo of our own change
+		}
+		k.rec.routes[key] = installed{kr: kr, kind: have.kind, adopted: !known || have.adopted}
+		k.askRepair(sch, now)
+	}
+}
+
+// sameNextHop compares what identifies a route in a delete notification.
+func sameNextHop(a, b kroute) bool {
+	return a.dst == b.dst && a.metric == b.metric && a.blackhole == b.blackhole && a.gw == b.gw && a.link == b.link
+}
+
+func (k *Kernel) inPools(p netip.Prefix) bool {
+	for _, pool := range k.pools {
+		if pool.Bits() <= p.Bits() && pool.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// handleLink reacts to a change of a device tabby's routes use (tunl0, vxlan.tabby, the
+// NIC, any device a route names). IPv4 silently drops the routes of a device that goes down
+// or away, so anything but the echo of tabby's own settings leads to a full resync, which
+// reads the table again and re-adds what is missing.
+func (k *Kernel) handleLink(sch *schedule, u netlink.LinkUpdate) {
+	a := u.Link.Attrs()
+	if a == nil {
+		return
+	}
+	var dev *devRecord
+	switch {
+	case a.Name == DeviceIPIP || (k.rec.ipip.index != 0 && a.Index == k.rec.ipip.index):
+		dev = &k.rec.ipip
+	case a.Name == DeviceVXLAN || (k.rec.vxlan.index != 0 && a.Index == k.rec.vxlan.index):
+		dev = &k.rec.vxlan
+	}
+	cached, isCached := k.rec.links[a.Name]
+	if dev == nil && !isCached && !k.linkCached(a.Index) {
+		return
+	}
+	up := a.Flags&net.FlagUp != 0
+	if u.Header.Type == unix.RTM_NEWLINK && up {
+		switch {
+		case dev == &k.rec.ipip && dev.ok && dev.index == a.Index && (dev.ipip.MTU == 0 || dev.ipip.MTU == a.MTU):
+			return
+		case dev == &k.rec.vxlan && dev.ok && dev.index == a.Index && (dev.vxlan.MTU == 0 || dev.vxlan.MTU == a.MTU) &&
+			bytes.Equal(dev.vxlan.MAC, a.HardwareAddr):
+			return
+		case dev == nil && isCached && cached == a.Index:
+			return
+		}
+	}
+	if u.Header.Type == unix.RTM_DELLINK {
+		// Gone: its index is no good any more. (A delete of an older device under the same
+		// name, e.g. the echo of a recreation, has another index and changes nothing.)
+		if dev != nil && dev.index == a.Index {
+			dev.ok = false
+		}
+		if isCached && cached == a.Index {
+			delete(k.rec.links, a.Name)
+		}
+	}
+	k.signalUnderlay()
+	k.askFull(sch, time.Now())
+}
+
+// linkCached reports whether a device with this index is one whose index routes use.
+func (k *Kernel) linkCached(index int) bool {
+	for _, idx := range k.rec.links {
+		if idx == index {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,489 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Defaults of KernelOptions.
+const (
+	// DefaultRefreshInterval is Calico's routeRefreshInterval: a full resync this often
+	// catches whatever the event stream missed.
+	DefaultRefreshInterval = 90 * time.Second
+	// DefaultRepairInterval is the shortest time between two repairs triggered by kernel
+	// events, so that a process fighting over a route cannot make tabby spin.
+	DefaultRepairInterval = 100 * time.Millisecond
+	minBackoff            = 100 * time.Millisecond
+	maxBackoff            = 30 * time.Second
+	// resubscribeDelay is how long to wait before subscribing again after a subscription
+	// failed or died.
+	resubscribeDelay = 500 * time.Millisecond
+)
+
+// KernelOptions configures a Kernel.
+type KernelOptions struct {
+	// Handle is a netlink handle bound to the network namespace to program, e.g.
+	// netlink.NewHandleAt(ns, unix.NETLINK_ROUTE). Required. The Kernel does not close it.
+	Handle *netlink.Handle
+	// Namespace is the namespace Handle is bound to, for the event subscriptions; nil means
+	// the namespace of the calling process.
+	Namespace *netns.NsHandle
+	// Protocol is the route protocol number of tabby's routes; 0 means DefaultProtocol.
+	Protocol int
+	// RefreshInterval is the period of full resyncs; 0 means DefaultRefreshInterval.
+	RefreshInterval time.Duration
+	// RepairInterval rate-limits event-driven repairs; 0 means DefaultRepairInterval.
+	// Full resyncs driven by events (lost events, a device going down or away) are at
+	// least ten times as far apart.
+	RepairInterval time.Duration
+	// Logger receives the reconciler's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// KernelStatus is a snapshot of the reconciler's state, for status, metrics and readiness.
+type KernelStatus struct {
+	// Synced: a desired state has been applied in full at least once.
+	Synced bool
+	// Routes counts the routes installed, by kind.
+	Routes map[RouteKind]int
+	// Adopted counts routes with tabby's protocol found in the kernel that the desired
+	// state does not explain yet (a previous run's leftovers before the first sweep).
+	Adopted int
+	// Wanted is the number of routes in the desired state being applied.
+	Wanted    int
+	Neighbors int
+	FDB       int
+	// Tunl0 and VXLAN describe the devices: "absent", "up", "unsupported" or "pending".
+	Tunl0 string
+	VXLAN string
+	// Problems lists, one line each, what the kernel side cannot do: "kernel has no ipip
+	// support", routes left alone because another protocol holds their prefix, a held
+	// desired state. The desired state's own problems are in State.Problems.
+	Problems []string
+	// LastError is the first error of the last pass that had failures; Failures is how
+	// many operations of the last pass failed (they are retried with backoff).
+	LastError     string
+	LastErrorTime time.Time
+	Failures      int
+	Passes        uint64
+	FullSyncs     uint64
+	LastPass      time.Time
+	// Ops counts every netlink request since start.
+	Ops OpCounts
+}
+
+// Kernel is the one owner of tabby's routes, tunnel devices, VXLAN neighbours and FDB
+// entries in one network namespace. Producers hand it complete desired states with Set;
+// its Run goroutine coalesces them, diffs the latest against the record of what it really
+// installed, applies the difference (adds before deletes), repairs what others remove, and
+// retries failures with backoff. It never changes or deletes a route of another protocol.
+type Kernel struct {
+	nl        *counting
+	events    eventSource
+	proto     int
+	refresh   time.Duration
+	repairGap time.Duration
+	resyncGap time.Duration // shortest time between two event-driven full resyncs
+	log       *slog.Logger
+
+	mu       sync.Mutex
+	latest   *State // the last non-hold state given to Set
+	hold     string // the reason of the last hold state, cleared by a real one
+	version  uint64 // incremented by every Set
+	status   KernelStatus
+	wake     chan struct{}
+	synced   chan struct{}
+	underlay chan struct{}
+	running  atomic.Bool
+	// idle is true while Run waits with nothing to do but the periodic resync: every
+	// desired state applied, no repair, retry or event-driven resync pending.
+	idle atomic.Bool
+
+	// Owned by the Run goroutine.
+	rec        *record
+	isSynced   bool
+	lastFull   time.Time
+	lastRepair time.Time
+	passes     uint64
+	fullSyncs  uint64
+	pools      []netip.Prefix // of the state being applied: their routes are not underlay
+
+	// onPass, when set (tests, benchmarks), is called by Run after every pass.
+	onPass func(passReport)
+}
+
+// NewKernel returns a reconciler for the namespace opts.Handle is bound to. Nothing touches
+// the kernel until Run.
+func NewKernel(opts KernelOptions) (*Kernel, error) {
+	if opts.Handle == nil {
+		return nil, errors.New("routing: KernelOptions.Handle is required")
+	}
+	return newKernel(opts.Handle, handleSource{ns: opts.Namespace}, opts), nil
+}
+
+func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
+	k := &Kernel{
+		nl:        &counting{nl: nl},
+		events:    events,
+		proto:     opts.Protocol,
+		refresh:   opts.RefreshInterval,
+		repairGap: opts.RepairInterval,
+		log:       opts.Logger,
+		wake:      make(chan struct{}, 1),
+		synced:    make(chan struct{}),
+		underlay:  make(chan struct{}, 1),
+		rec:       newRecord(),
+	}
+	if k.proto == 0 {
+		k.proto = DefaultProtocol
+	}
+	if k.refresh <= 0 {
+		k.refresh = DefaultRefreshInterval
+	}
+	if k.repairGap <= 0 {
+		k.repairGap = DefaultRepairInterval
+	}
+	k.resyncGap = 10 * k.repairGap
+	if k.log == nil {
+		k.log = slog.Default()
+	}
+	k.log = k.log.With("subsystem", "routing")
+	k.status = KernelStatus{Routes: map[RouteKind]int{}, Tunl0: "absent", VXLAN: "absent"}
+	return k
+}
+
+// Set hands the reconciler a new desired state. It never blocks; the latest state wins.
+// A state with Hold set keeps the previous one in force and is only reported.
+func (k *Kernel) Set(s State) {
+	k.mu.Lock()
+	if s.Hold != "" {
+		k.hold = s.Hold
+	} else {
+		k.hold = ""
+		k.latest = &s
+	}
+	k.version++
+	k.mu.Unlock()
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Synced is closed once a desired state has been applied in full for the first time; the
+// daemon waits for it before telling systemd READY=1.
+func (k *Kernel) Synced() <-chan struct{} { return k.synced }
+
+// UnderlayChanged receives a value (coalesced) whenever a route of another protocol in the
+// main table or a device tabby's routes use changes: the caller should read the underlay
+// again (ReadUnderlay) and recompute the desired state, since Direct and BGP-learned routes
+// are resolved through it.
+func (k *Kernel) UnderlayChanged() <-chan struct{} { return k.underlay }
+
+// Status returns a snapshot of the reconciler's state.
+func (k *Kernel) Status() KernelStatus {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	st := k.status
+	st.Routes = maps.Clone(k.status.Routes)
+	st.Problems = slices.Clone(k.status.Problems)
+	if k.hold != "" {
+		st.Problems = append(st.Problems, "desired state held: "+k.hold)
+	}
+	st.Ops = k.nl.counts()
+	return st
+}
+
+func (k *Kernel) signalUnderlay() {
+	select {
+	case k.underlay <- struct{}{}:
+	default:
+	}
+}
+
+// desired returns the state to apply and its version.
+func (k *Kernel) desired() (*State, uint64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.latest, k.version
+}
+
+// schedule is when the Run loop must act next. A zero time means "not scheduled".
+type schedule struct {
+	applied  uint64    // version of the desired state last applied
+	repairAt time.Time // a repair asked for by kernel events
+	retryAt  time.Time // a retry after failures
+	fullAt   time.Time // the next full resync
+	fullSoon bool      // fullAt was brought forward by an event
+	resubAt  time.Time // the next attempt to subscribe to events
+	backoff  time.Duration
+}
+
+func earliest(ts ...time.Time) time.Time {
+	var e time.Time
+	for _, t := range ts {
+		if !t.IsZero() && (e.IsZero() || t.Before(e)) {
+			e = t
+		}
+	}
+	return e
+}
+
+func due(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
+
+// Run is the reconciler's one goroutine: it returns (nil) when ctx is done. It subscribes
+// to route and link events, seeds its record from the kernel on the first pass (adopting
+// the routes of a previous run rather than flushing them), and from then on applies every
+// new desired state, repairs what others remove (rate-limited), resyncs in full every
+// RefreshInterval and retries failures with exponential backoff.
+func (k *Kernel) Run(ctx context.Context) error {
+	if !k.running.CompareAndSwap(false, true) {
+		return errors.New("routing: Kernel.Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var (
+		routeCh <-chan netlink.RouteUpdate
+		linkCh  <-chan netlink.LinkUpdate
+		subDone chan struct{}
+	)
+	sch := schedule{fullAt: time.Now(), backoff: minBackoff}
+	subscribe := func() {
+		if subDone != nil {
+			close(subDone)
+		}
+		subDone = make(chan struct{})
+		var err error
+		routeCh, err = k.events.subscribeRoutes(subDone)
+		if err == nil {
+			linkCh, err = k.events.subscribeLinks(subDone)
+		}
+		if err != nil {
+			k.log.Warn("cannot subscribe to kernel events; relying on periodic resyncs until it works", "err", err)
+			close(subDone)
+			subDone, routeCh, linkCh = nil, nil, nil
+			sch.resubAt = time.Now().Add(resubscribeDelay)
+			return
+		}
+		sch.resubAt = time.Time{}
+	}
+	subscribe()
+	defer func() {
+		if subDone != nil {
+			close(subDone)
+		}
+	}()
+	// lost is called when a subscription died: events were lost, so the record may be
+	// wrong; subscribe again and resync in full.
+	lost := func() {
+		k.log.Info("kernel event subscription lost (events dropped); resubscribing and resyncing")
+		if subDone != nil {
+			close(subDone)
+		}
+		subDone, routeCh, linkCh = nil, nil, nil
+		sch.resubAt = time.Now().Add(resubscribeDelay)
+		k.askFull(&sch, time.Now())
+	}
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		if due(sch.resubAt, now) {
+			subscribe()
+		}
+		want, version := k.desired()
+		if want != nil && (version != sch.applied || due(sch.repairAt, now) || due(sch.retryAt, now) || due(sch.fullAt, now)) {
+			// Take in what the kernel told us since the last pass, so that the pass works
+			// from the freshest record.
+			k.drain(&sch, &routeCh, &linkCh, lost)
+			k.runPass(ctx, &sch, want, version)
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+
+		k.idle.Store(want != nil && version == sch.applied && sch.repairAt.IsZero() && sch.retryAt.IsZero() &&
+			!sch.fullSoon && sch.resubAt.IsZero() && len(routeCh) == 0 && len(linkCh) == 0)
+		next := earliest(sch.resubAt)
+		if want != nil {
+			next = earliest(sch.repairAt, sch.retryAt, sch.fullAt, sch.resubAt)
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-k.wake:
+			k.idle.Store(false)
+		case <-timer.C:
+		case u, ok := <-routeCh:
+			if !ok {
+				lost()
+				break
+			}
+			k.handleRoute(&sch, u)
+		case u, ok := <-linkCh:
+			if !ok {
+				lost()
+				break
+			}
+			k.handleLink(&sch, u)
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// drain handles the events already queued.
+func (k *Kernel) drain(sch *schedule, routeCh *<-chan netlink.RouteUpdate, linkCh *<-chan netlink.LinkUpdate, lost func()) {
+	for {
+		select {
+		case u, ok := <-*routeCh:
+			if !ok {
+				lost()
+				return
+			}
+			k.handleRoute(sch, u)
+		case u, ok := <-*linkCh:
+			if !ok {
+				lost()
+				return
+			}
+			k.handleLink(sch, u)
+		default:
+			return
+		}
+	}
+}
+
+// askRepair schedules an event-driven repair, no sooner than RepairInterval after the last.
+func (k *Kernel) askRepair(sch *schedule, now time.Time) {
+	at := now
+	if next := k.lastRepair.Add(k.repairGap); next.After(at) {
+		at = next
+	}
+	sch.repairAt = earliest(sch.repairAt, at)
+}
+
+// askFull schedules a full resync, no sooner than resyncGap after the last.
+func (k *Kernel) askFull(sch *schedule, now time.Time) {
+	at := now
+	if next := k.lastFull.Add(k.resyncGap); next.After(at) {
+		at = next
+	}
+	sch.fullAt = earliest(sch.fullAt, at)
+	sch.fullSoon = true
+}
+
+func (k *Kernel) runPass(ctx context.Context, sch *schedule, want *State, version uint64) {
+	now := time.Now()
+	full := due(sch.fullAt, now)
+	repair := due(sch.repairAt, now)
+	rep := k.pass(ctx, want, full)
+	if ctx.Err() != nil {
+		return
+	}
+	end := time.Now()
+	sch.applied = version
+	if repair || full {
+		k.lastRepair = end
+		sch.repairAt = time.Time{}
+	}
+	if full {
+		k.lastFull = end
+		sch.fullAt = end.Add(k.refresh)
+		sch.fullSoon = false
+	}
+	if rep.failures > 0 {
+		sch.retryAt = end.Add(sch.backoff)
+		sch.backoff = min(sch.backoff*2, maxBackoff)
+		k.log.Warn("routing pass had failures; retrying", "failures", rep.failures, "first", rep.firstErr, "retry_in", sch.retryAt.Sub(end))
+	} else {
+		sch.retryAt = time.Time{}
+		sch.backoff = minBackoff
+	}
+	if rep.redoDevices {
+		// A device changed under the pass (recreated): look again at once.
+		sch.repairAt = earliest(sch.repairAt, end)
+	}
+	k.passes++
+	if full {
+		k.fullSyncs++
+	}
+	if rep.failures == 0 && !k.isSynced {
+		k.isSynced = true
+		close(k.synced)
+		k.log.Info("kernel routing synced", "routes", len(k.rec.routes), "took", end.Sub(now))
+	}
+	k.publish(rep, end)
+	if k.onPass != nil {
+		k.onPass(rep)
+	}
+}
+
+// publish copies the loop's view into the status snapshot.
+func (k *Kernel) publish(rep passReport, at time.Time) {
+	routes := map[RouteKind]int{}
+	adopted := 0
+	for _, r := range k.rec.routes {
+		if r.adopted {
+			adopted++
+			continue
+		}
+		routes[r.kind]++
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	st := &k.status
+	st.Synced = k.isSynced
+	st.Routes = routes
+	st.Adopted = adopted
+	st.Wanted = rep.wanted
+	st.Neighbors = len(k.rec.neighs)
+	st.FDB = len(k.rec.fdb)
+	st.Tunl0 = deviceWord(k.rec.ipip, rep.tunl0Wanted)
+	st.VXLAN = deviceWord(k.rec.vxlan, rep.vxlanWanted)
+	st.Problems = rep.problems
+	st.Failures = rep.failures
+	if rep.failures > 0 {
+		st.LastError = fmt.Sprintf("%d operations failed, first: %v", rep.failures, rep.firstErr)
+		st.LastErrorTime = at
+	}
+	st.Passes = k.passes
+	st.FullSyncs = k.fullSyncs
+	st.LastPass = at
+}
+
+func deviceWord(d devRecord, wanted bool) string {
+	switch {
+	case !wanted:
+		return "absent"
+	case d.unsupported:
+		return "unsupported"
+	case d.ok:
+		return "up"
+	default:
+		return "pending"
+	}
+}
