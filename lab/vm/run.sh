@@ -5,13 +5,14 @@
 # code paths (tunl0, onlink routes through it, real encapsulated packets) cannot be exercised
 # there. Debian's stock kernel has ipip and boots under qemu in seconds, with no disk and no
 # network device: an initramfs carries busybox, the needed kernel modules, tabby's static
-# binaries and test binaries, an /init (lab/vm/init) and the test plan (lab/vm/plan).
+# binaries and test binaries, the host's ip/iptables/ipset/bird with their libraries, an
+# /init (lab/vm/init) and the test plan (lab/vm/plan).
 #
 # What it does, idempotently: installs the host tools it lacks (apt-get); resolves the kernel
 # package through its metapackage (the ABI number changes with every security update) and
 # downloads it and busybox-static with `apt-get download` into VM_CACHE, unpacking the kernel
-# once; builds everything with CGO_ENABLED=0; packs the initramfs; boots qemu under a time
-# limit; streams the serial console; and exits 0 only on "TABBY-VM-RESULT: PASS".
+# once; builds tabby with CGO_ENABLED=0; packs the initramfs; boots qemu under a time limit;
+# streams the serial console; and exits 0 only on "TABBY-VM-RESULT: PASS".
 #
 # The VM has no NIC (-nic none): nothing leaves it and nothing on the host's network changes.
 #
