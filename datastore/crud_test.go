@@ -34,6 +34,7 @@ func keysUnder(t *testing.T, e *etcdtest.Etcd) []string {
 }
 
 func TestCreateStoresCalicosJSON(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	p := pool("default-ipv4-ippool", "192.168.0.0/16", func(s *datastore.IPPoolSpec) {
@@ -72,6 +73,7 @@ func TestCreateStoresCalicosJSON(t *testing.T) {
 }
 
 func TestReadPoolsWrittenByCalico(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	put := func(name, value string) int64 {
@@ -104,6 +106,7 @@ func TestReadPoolsWrittenByCalico(t *testing.T) {
 }
 
 func TestRefusedWritesStoreNothing(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	if _, err := e.Client.CreateIPPool(ctx, pool("existing", "10.1.0.0/16", nil)); err != nil {
@@ -144,6 +147,7 @@ func TestRefusedWritesStoreNothing(t *testing.T) {
 }
 
 func TestImmutablePoolFields(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	if _, err := e.Client.CreateIPPool(ctx, pool("p", "10.1.0.0/16", nil)); err != nil {
@@ -173,6 +177,7 @@ func TestImmutablePoolFields(t *testing.T) {
 }
 
 func TestUpdateKeepsIdentityAndChecksResourceVersion(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	created, err := e.Client.CreateIPPool(ctx, pool("p", "10.1.0.0/16", nil))
@@ -223,6 +228,7 @@ func TestUpdateKeepsIdentityAndChecksResourceVersion(t *testing.T) {
 // Two writers read the same version and both update it: exactly one wins, the other gets a
 // conflict, and the stored pool is the winner's (no lost update).
 func TestRacingWritersOneWins(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	for round := range 20 {
@@ -269,6 +275,7 @@ func TestRacingWritersOneWins(t *testing.T) {
 // Writers racing to create overlapping pools under different names: the overlap check and
 // the write are one transaction, so exactly one pool is stored.
 func TestRacingOverlappingPools(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	const writers = 6
@@ -310,6 +317,7 @@ func TestRacingOverlappingPools(t *testing.T) {
 }
 
 func TestPatch(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	if _, err := e.Client.CreateIPPool(ctx, pool("default-ipv4-ippool", "192.168.0.0/16", func(s *datastore.IPPoolSpec) { s.IPIPMode = "Always"; s.NATOutgoing = true })); err != nil {
@@ -344,6 +352,7 @@ func TestPatch(t *testing.T) {
 // Many tabbyd-like writers each set one label on the same Node through ModifyNode: every
 // label survives.
 func TestModifyNodeLosesNoUpdate(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	const writers = 8
@@ -395,6 +404,7 @@ func TestModifyNodeLosesNoUpdate(t *testing.T) {
 }
 
 func TestKindsRoundTrip(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	ctx := context.Background()
 	c := e.Client

@@ -17,10 +17,12 @@ type Problem struct {
 }
 
 // Snapshot is a consistent view of the whole key root at one etcd revision. Every resource
-// in it is valid and has its defaults applied. Subscribers share snapshots: treat them and
-// everything they point to as read-only.
+// in it is valid and has its defaults applied. Subscribers share snapshots, and snapshots
+// share unchanged objects (and equal small maps inside IPAM records) with each other: treat
+// them and everything they point to as read-only, and Clone what you want to change.
 type Snapshot struct {
-	// Revision is the etcd revision the snapshot reflects.
+	// Revision is the etcd revision the snapshot reflects: every change under the key root
+	// up to it is in, none after it.
 	Revision int64
 
 	Pools      map[string]*IPPool           // by name
@@ -79,4 +81,26 @@ func (s *Snapshot) PoolFor(p netip.Prefix) *IPPool {
 		}
 	}
 	return nil
+}
+
+// BGPConfig returns the cluster-wide BGP configuration in force: the stored "default"
+// (with its defaults applied), or every default when none is stored.
+func (s *Snapshot) BGPConfig() *BGPConfiguration {
+	if c, ok := s.BGPConfigs[DefaultBGPConfigurationName]; ok {
+		return c
+	}
+	return DefaultBGPConfiguration()
+}
+
+// BGPListenPort returns the port BGP listens on at a node: the listenPort of its
+// node-specific BGPConfiguration ("node.<name>") when that sets one, else the cluster-wide
+// one.
+func (s *Snapshot) BGPListenPort(node string) uint16 {
+	if c, ok := s.BGPConfigs[NodeBGPConfigurationPrefix+node]; ok && c.Spec.ListenPort != 0 {
+		return c.Spec.ListenPort
+	}
+	if p := s.BGPConfig().Spec.ListenPort; p != 0 {
+		return p
+	}
+	return DefaultBGPListenPort
 }

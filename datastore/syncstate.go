@@ -1,0 +1,482 @@
+package datastore
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// syncState is the syncer's cache: what it has seen of the key root and the snapshot that
+// reflects it. It has no I/O, so that the rules of what is accepted are tested without etcd.
+// It is owned by the syncer's goroutine.
+type syncState struct {
+	keys Keys
+	log  *slog.Logger
+
+	// snap is the last snapshot built. Published snapshots are never modified: apply
+	// copies the maps it changes.
+	snap *Snapshot
+	// revs holds the ModRevision of the version of every tracked key last processed, so
+	// that a re-list only decodes what changed and knows what was deleted.
+	revs map[string]int64
+	// pools tracks every pool key, because which pools are in force depends on all of them.
+	pools map[string]*poolEntry
+	// problems are the refused documents, by key.
+	problems map[string]Problem
+	// invalid counts the document versions refused since start.
+	invalid uint64
+	// handleMaps shares equal IPAMHandle.Block maps between handles (most hold one
+	// address of one block): with tens of thousands of workloads the maps, not the data,
+	// would dominate the cache. Cleared when it outgrows the blocks it can refer to.
+	handleMaps map[string]map[string]int
+}
+
+// poolEntry is what the syncer knows of one pool key.
+type poolEntry struct {
+	key       string
+	createRev int64
+	// candidate is the newest version that passed the rules that need no other pool.
+	candidate *IPPool
+	// accepted is the version in force, nil when none (it lost an overlap).
+	accepted *IPPool
+	// problem is the newest version's own problem, nil when it became the candidate.
+	problem *Problem
+	// overlapReported is the revision of the candidate last reported as overlapping.
+	overlapReported int64
+}
+
+// rawKV is one change under the root: a put or a delete. prepare decodes it, so that the
+// raw value need not be kept while a long list is read.
+type rawKV struct {
+	key       string
+	value     []byte
+	modRev    int64
+	createRev int64
+	deleted   bool
+
+	prepared bool
+	info     KeyInfo
+	parseErr error // the key is inside the layout but does not parse
+	obj      any   // the decoded document (puts of changed versions)
+	err      error // why the document is refused
+}
+
+func newSyncState(keys Keys, log *slog.Logger) *syncState {
+	return &syncState{
+		keys:     keys,
+		log:      log,
+		snap:     NewSnapshot(),
+		revs:     map[string]int64{},
+		pools:    map[string]*poolEntry{},
+		problems: map[string]Problem{},
+
+		handleMaps: map[string]map[string]int{},
+	}
+}
+
+// relist merges a full list taken at rev: changed keys are applied, keys no longer
+// listed are deleted, unchanged keys are not decoded again (and keep the version in force,
+// valid or not).
+func (st *syncState) relist(kvs []rawKV, rev int64) (*Snapshot, bool) {
+	listed := make(map[string]bool, len(kvs))
+	changes := make([]rawKV, 0, len(kvs))
+	for _, kv := range kvs {
+		listed[kv.key] = true
+		changes = append(changes, kv)
+	}
+	for _, key := range sortedKeys(st.revs) {
+		if !listed[key] {
+			changes = append(changes, rawKV{key: key, modRev: rev, deleted: true})
+		}
+	}
+	return st.apply(changes, rev)
+}
+
+// snapBuilder makes the next snapshot from the current one, copying each map the first
+// time it changes.
+type snapBuilder struct {
+	next   *Snapshot
+	copied map[string]bool
+}
+
+func (b *snapBuilder) copyOnce(name string, copyMap func()) {
+	if !b.copied[name] {
+		copyMap()
+		b.copied[name] = true
+	}
+}
+
+func (b *snapBuilder) nodes() map[string]*Node {
+	b.copyOnce("nodes", func() { b.next.Nodes = maps.Clone(b.next.Nodes) })
+	return b.next.Nodes
+}
+
+func (b *snapBuilder) peers() map[string]*BGPPeer {
+	b.copyOnce("peers", func() { b.next.BGPPeers = maps.Clone(b.next.BGPPeers) })
+	return b.next.BGPPeers
+}
+
+func (b *snapBuilder) configs() map[string]*BGPConfiguration {
+	b.copyOnce("configs", func() { b.next.BGPConfigs = maps.Clone(b.next.BGPConfigs) })
+	return b.next.BGPConfigs
+}
+
+func (b *snapBuilder) blocks() map[netip.Prefix]*AllocationBlock {
+	b.copyOnce("blocks", func() { b.next.Blocks = maps.Clone(b.next.Blocks) })
+	return b.next.Blocks
+}
+
+func (b *snapBuilder) affinities() map[AffinityKey]BlockAffinity {
+	b.copyOnce("affinities", func() { b.next.Affinities = maps.Clone(b.next.Affinities) })
+	return b.next.Affinities
+}
+
+func (b *snapBuilder) handles() map[string]*IPAMHandle {
+	b.copyOnce("handles", func() { b.next.Handles = maps.Clone(b.next.Handles) })
+	return b.next.Handles
+}
+
+// apply applies changes in order and returns the resulting snapshot at revision rev, and
+// whether anything in it changed. Unchanged, it returns the current snapshot.
+func (st *syncState) apply(changes []rawKV, rev int64) (*Snapshot, bool) {
+	next := *st.snap
+	b := &snapBuilder{next: &next, copied: map[string]bool{}}
+	changed, poolsChanged, problemsChanged := false, false, false
+	for _, kv := range changes {
+		st.prepare(&kv)
+		if kv.parseErr == nil && kv.info.Type == KeyUnknown {
+			continue // not ours: Calico keeps much more under /calico
+		}
+		if kv.deleted {
+			if _, tracked := st.revs[kv.key]; !tracked {
+				continue
+			}
+			delete(st.revs, kv.key)
+		} else {
+			if st.revs[kv.key] == kv.modRev {
+				continue // a version already processed (re-list)
+			}
+			st.revs[kv.key] = kv.modRev
+		}
+		changed = true
+		if kv.parseErr != nil {
+			problemsChanged = st.setProblem(kv, kv.parseErr) || problemsChanged
+			continue
+		}
+		if kv.info.Type == KeyResource && kv.info.Kind == KindIPPool {
+			st.applyPool(kv)
+			poolsChanged = true
+			continue
+		}
+		st.applyOther(b, kv)
+		problemsChanged = st.setProblem(kv, kv.err) || problemsChanged
+	}
+	if poolsChanged {
+		b.next.Pools = st.resolvePools()
+		problemsChanged = true
+	}
+	if !changed {
+		return st.snap, false
+	}
+	if problemsChanged {
+		b.next.Problems = st.problemList()
+	}
+	b.next.Revision = rev
+	st.snap = b.next
+	return st.snap, true
+}
+
+// setProblem records (err != nil) or clears the problem of a key, reporting whether the
+// problem list changed. A put that is refused is counted and logged once per version.
+func (st *syncState) setProblem(kv rawKV, err error) bool {
+	if err == nil || kv.deleted {
+		if _, had := st.problems[kv.key]; had {
+			delete(st.problems, kv.key)
+			return true
+		}
+		return false
+	}
+	st.refused(kv, err)
+	st.problems[kv.key] = Problem{Key: kv.key, ModRevision: kv.modRev, Err: err.Error()}
+	return true
+}
+
+func (st *syncState) refused(kv rawKV, err error) {
+	st.invalid++
+	st.log.Warn("refusing an invalid document in etcd; the last valid version stays in force",
+		"key", kv.key, "revision", kv.modRev, "error", err)
+}
+
+// prepare parses a change's key and decodes its document (checking the rules that need
+// nothing else), then drops the raw value. Versions already processed are not decoded again.
+func (st *syncState) prepare(kv *rawKV) {
+	if kv.prepared {
+		return
+	}
+	kv.prepared = true
+	defer func() { kv.value = nil }()
+	kv.info, kv.parseErr = st.keys.Parse(kv.key)
+	if kv.parseErr != nil || kv.deleted || kv.info.Type == KeyUnknown || st.revs[kv.key] == kv.modRev {
+		return
+	}
+	info := kv.info
+	switch info.Type {
+	case KeyResource:
+		r, err := DecodeStored(info.Kind, info.Name, kv.value, kv.modRev)
+		if err == nil {
+			err = Validate(r)
+		}
+		kv.obj, kv.err = r, err
+	case KeyBlock:
+		kv.obj, kv.err = decodeBlock(kv.value, info.CIDR)
+	case KeyAffinity:
+		kv.obj, kv.err = decodeAffinity(kv.value)
+	case KeyHandle:
+		var h IPAMHandle
+		if err := json.Unmarshal(kv.value, &h); err != nil {
+			kv.err = fmt.Errorf("IPAM handle %s: %w", info.Name, err)
+			return
+		}
+		h.Block = st.shareHandleMap(h.Block, len(st.snap.Blocks))
+		kv.obj = &h
+	case KeyIPAMConfig:
+		cfg := DefaultIPAMConfig()
+		if err := json.Unmarshal(kv.value, &cfg); err != nil {
+			kv.err = fmt.Errorf("IPAM config: %w", err)
+			return
+		}
+		if cfg.MaxBlocksPerHost < 0 {
+			kv.err = fmt.Errorf("IPAM config: maxBlocksPerHost %d is negative", cfg.MaxBlocksPerHost)
+			return
+		}
+		kv.obj = cfg
+	}
+}
+
+// applyOther applies a prepared change to anything but a pool. A refused document
+// (kv.err) leaves the previous version in force.
+func (st *syncState) applyOther(b *snapBuilder, kv rawKV) {
+	info := kv.info
+	if kv.deleted {
+		switch info.Type {
+		case KeyResource:
+			switch info.Kind {
+			case KindNode:
+				delete(b.nodes(), info.Name)
+			case KindBGPPeer:
+				delete(b.peers(), info.Name)
+			case KindBGPConfiguration:
+				delete(b.configs(), info.Name)
+			}
+		case KeyBlock:
+			delete(b.blocks(), info.CIDR)
+		case KeyAffinity:
+			delete(b.affinities(), AffinityKey{Host: info.Host, CIDR: info.CIDR})
+		case KeyHandle:
+			delete(b.handles(), info.Name)
+		case KeyIPAMConfig:
+			b.next.IPAMConfig = DefaultIPAMConfig()
+		}
+		return
+	}
+	if kv.err != nil {
+		return
+	}
+	switch obj := kv.obj.(type) {
+	case *Node:
+		b.nodes()[info.Name] = obj
+	case *BGPPeer:
+		b.peers()[info.Name] = obj
+	case *BGPConfiguration:
+		b.configs()[info.Name] = obj
+	case *AllocationBlock:
+		b.blocks()[info.CIDR] = obj
+	case BlockAffinity:
+		b.affinities()[AffinityKey{Host: info.Host, CIDR: info.CIDR}] = obj
+	case *IPAMHandle:
+		b.handles()[info.Name] = obj
+	case IPAMConfig:
+		b.next.IPAMConfig = obj
+	}
+}
+
+// decodeBlock decodes and checks a block enough that code indexing into it cannot go out
+// of range.
+func decodeBlock(value []byte, cidr netip.Prefix) (*AllocationBlock, error) {
+	var b AllocationBlock
+	if err := json.Unmarshal(value, &b); err != nil {
+		return nil, fmt.Errorf("block %s: %w", cidr, err)
+	}
+	p, err := netip.ParsePrefix(b.CIDR)
+	if err != nil || p != cidr {
+		return nil, fmt.Errorf("block %s: cidr %q does not match its key", cidr, b.CIDR)
+	}
+	if !cidr.Addr().Is4() || cidr.Bits() < 20 {
+		return nil, fmt.Errorf("block %s: not an IPv4 block of /20 to /32", cidr)
+	}
+	size := 1 << (32 - cidr.Bits())
+	if len(b.Allocations) != size {
+		return nil, fmt.Errorf("block %s: %d allocations, want %d", cidr, len(b.Allocations), size)
+	}
+	for i, a := range b.Allocations {
+		if a != nil && (*a < 0 || *a >= len(b.Attributes)) {
+			return nil, fmt.Errorf("block %s: allocation %d points at attribute %d of %d", cidr, i, *a, len(b.Attributes))
+		}
+	}
+	for _, o := range b.Unallocated {
+		if o < 0 || o >= size {
+			return nil, fmt.Errorf("block %s: unallocated ordinal %d is outside the block", cidr, o)
+		}
+	}
+	shareSecondaries(&b)
+	return &b, nil
+}
+
+// shareSecondaries makes the attributes of a block that have equal secondary attributes
+// (typically {"node": <the block's host>}) share one map: snapshots are read-only, and one
+// map per address would dominate the memory of a large cluster's cache.
+func shareSecondaries(b *AllocationBlock) {
+	seen := map[string]map[string]string{}
+	for i := range b.Attributes {
+		sec := b.Attributes[i].Secondary
+		if sec == nil {
+			continue
+		}
+		k := mapKey(sec)
+		if m, ok := seen[k]; ok {
+			b.Attributes[i].Secondary = m
+		} else {
+			seen[k] = sec
+		}
+	}
+}
+
+// shareHandleMap returns a map equal to m that other handles may share.
+func (st *syncState) shareHandleMap(m map[string]int, blocks int) map[string]int {
+	if m == nil {
+		return nil
+	}
+	if len(st.handleMaps) > 2*blocks+1024 {
+		clear(st.handleMaps)
+	}
+	parts := make(map[string]string, len(m))
+	for k, v := range m {
+		parts[k] = strconv.Itoa(v)
+	}
+	k := mapKey(parts)
+	if shared, ok := st.handleMaps[k]; ok {
+		return shared
+	}
+	st.handleMaps[k] = m
+	return m
+}
+
+// mapKey renders a map's content as a string, the same for equal maps.
+func mapKey(m map[string]string) string {
+	var b strings.Builder
+	for _, k := range sortedKeys(m) {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(m[k])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+func decodeAffinity(value []byte) (BlockAffinity, error) {
+	var a BlockAffinity
+	if len(value) == 0 {
+		return a, nil // older Calico versions stored an empty value: confirmed
+	}
+	if err := json.Unmarshal(value, &a); err != nil {
+		return a, fmt.Errorf("block affinity: %w", err)
+	}
+	switch a.State {
+	case "", AffinityConfirmed, AffinityPending, AffinityPendingDeletion:
+		return a, nil
+	}
+	return a, fmt.Errorf("block affinity: unknown state %q", a.State)
+}
+
+// applyPool records a prepared change to one pool key. Which pools are in force is decided
+// by resolvePools once the whole batch is applied.
+func (st *syncState) applyPool(kv rawKV) {
+	name := kv.info.Name
+	if kv.deleted {
+		delete(st.pools, name)
+		delete(st.problems, kv.key)
+		return
+	}
+	e := st.pools[name]
+	if e == nil || e.createRev != kv.createRev {
+		// A new pool, or one deleted and created again while we were not watching.
+		e = &poolEntry{key: kv.key, createRev: kv.createRev}
+		st.pools[name] = e
+	}
+	err := kv.err
+	if err == nil && e.accepted != nil {
+		err = validatePoolChange(e.accepted, kv.obj.(*IPPool))
+	}
+	if err != nil {
+		st.refused(kv, err)
+		e.problem = &Problem{Key: kv.key, ModRevision: kv.modRev, Err: err.Error()}
+		return
+	}
+	e.candidate = kv.obj.(*IPPool)
+	e.problem = nil
+}
+
+// resolvePools decides which pools are in force: every candidate, oldest first, unless it
+// overlaps one already in force. So a pool written with etcdctl over an existing one is
+// refused, and the decision is the same for every syncer, whenever it started.
+func (st *syncState) resolvePools() map[string]*IPPool {
+	entries := make([]*poolEntry, 0, len(st.pools))
+	for _, e := range st.pools {
+		entries = append(entries, e)
+	}
+	slices.SortFunc(entries, func(a, b *poolEntry) int {
+		return cmp.Or(cmp.Compare(a.createRev, b.createRev), cmp.Compare(a.key, b.key))
+	})
+	inForce := map[string]*IPPool{}
+	var accepted []*IPPool
+	for _, e := range entries {
+		delete(st.problems, e.key)
+		if e.problem != nil {
+			st.problems[e.key] = *e.problem
+		}
+		if e.candidate == nil {
+			continue
+		}
+		if err := poolOverlap(e.candidate, accepted); err != nil {
+			modRev, _ := strconv.ParseInt(e.candidate.Metadata.ResourceVersion, 10, 64)
+			if e.problem == nil {
+				st.problems[e.key] = Problem{Key: e.key, ModRevision: modRev, Err: err.Error()}
+			}
+			if e.overlapReported != modRev {
+				// Count and log each refused version once, however often pools change.
+				st.refused(rawKV{key: e.key, modRev: modRev}, err)
+				e.overlapReported = modRev
+			}
+			e.accepted = nil
+			continue
+		}
+		e.accepted = e.candidate
+		accepted = append(accepted, e.candidate)
+		inForce[e.candidate.Metadata.Name] = e.candidate
+	}
+	return inForce
+}
+
+func (st *syncState) problemList() []Problem {
+	out := make([]Problem, 0, len(st.problems))
+	for _, key := range sortedKeys(st.problems) {
+		out = append(out, st.problems[key])
+	}
+	return out
+}
