@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
@@ -97,4 +98,49 @@ func (c *Cluster) BirdRoutes(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("birdc show route: %w: %s", err, out)
 	}
 	return string(out), nil
+}
+
+// WaitBirdRoutes waits until the router's BIRD has learned every block that has an owner in
+// the datastore: only then does Direct mode work across the subnets.
+func (c *Cluster) WaitBirdRoutes(ctx context.Context, timeout time.Duration) error {
+	ds, err := c.Datastore()
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing []string
+		st, err := ReadState(ctx, ds)
+		if err == nil {
+			var routes string
+			routes, err = c.BirdRoutes(ctx)
+			for cidr := range st.Blocks {
+				if _, owned := st.Owner(cidr); owned && !strings.Contains(routes, cidr.String()+" ") {
+					missing = append(missing, cidr.String())
+				}
+			}
+		}
+		if err == nil && len(missing) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("BIRD on the router: %w", err)
+			}
+			sort.Strings(missing)
+			return fmt.Errorf("BIRD on the router has not learned %s after %s", strings.Join(missing, ", "), timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// BirdRunning reports whether the router's BIRD runs.
+func (c *Cluster) BirdRunning() bool {
+	pid, err := readPID(c.pidFile("bird"))
+	return err == nil && pid > 0 && pidRuns(pid, "bird")
 }

@@ -132,13 +132,24 @@ func (c *Cluster) Up(ctx context.Context, mode Mode) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			c.say("up failed: %v; tearing down", err)
+			c.say("up failed: %v", err)
+			c.sayLogTails(20)
+			c.say("tearing down")
 			_ = c.Down()
 		}
 	}()
 	c.say("building the topology (%d hosts, a router, an outside host)", len(c.Topo.Hosts))
 	if err := c.Topo.Build(); err != nil {
 		return err
+	}
+	if mode.UsesIPIP() {
+		has, err := c.Topo.HasIPIP()
+		if err != nil {
+			return err
+		}
+		if !has {
+			return fmt.Errorf("mode %s needs IP-in-IP, but this %s: start in another mode", mode, NoIPIPMessage)
+		}
 	}
 	if err := c.startEtcd(ctx); err != nil {
 		return err
@@ -159,27 +170,52 @@ func (c *Cluster) Up(ctx context.Context, mode Mode) (err error) {
 			return err
 		}
 	}
-	return nil
+	c.say("waiting for every host's routes to match the datastore")
+	return c.WaitRoutes(ctx, 60*time.Second)
+}
+
+// sayLogTails prints the last lines of every log of the lab, so that a failure can be
+// understood after Down has removed the state directory.
+func (c *Cluster) sayLogTails(lines int) {
+	logs, _ := filepath.Glob(filepath.Join(c.StateDir, "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(all) > lines {
+			all = all[len(all)-lines:]
+		}
+		c.say("--- last lines of %s:\n%s", filepath.Base(l), strings.Join(all, "\n"))
+	}
 }
 
 // Down stops every process of the lab and removes its namespaces and state. It works on
-// a half-made lab and after a crash: processes are found by PID file and by namespace.
+// a half-made lab and after a crash that lost the state directory: processes are found
+// by namespace (every process of the lab runs in one of its namespaces), and by PID file
+// for one whose namespace is gone already. A PID from a file is signalled only while it
+// still runs one of the lab's programs, so a recycled PID is never hit. All get SIGTERM
+// at once, SIGKILL after a grace period.
 func (c *Cluster) Down() error {
 	var errs []error
+	var pids []int
 	if entries, err := os.ReadDir(c.StateDir); err == nil {
 		for _, e := range entries {
 			if !strings.HasSuffix(e.Name(), ".pid") {
 				continue
 			}
 			pid, err := readPID(filepath.Join(c.StateDir, e.Name()))
-			if err == nil && pid > 0 {
-				errs = append(errs, stopPID(pid, "", 5*time.Second))
+			if err == nil && pid > 0 && (pidRuns(pid, "tabbyd") || pidRuns(pid, "tabbylab") || pidRuns(pid, "bird")) {
+				pids = append(pids, pid)
 			}
 		}
 	}
 	names, err := listNamedNS(c.Topo.Prefix + "-")
 	errs = append(errs, err)
-	errs = append(errs, killProcsInNamespaces(names))
+	inNS, err := procsInNamespaces(names)
+	errs = append(errs, err)
+	errs = append(errs, stopAll(append(pids, inNS...), 5*time.Second))
 	errs = append(errs, c.Topo.Destroy())
 	errs = append(errs, os.RemoveAll(c.StateDir))
 	return errors.Join(errs...)

@@ -96,10 +96,18 @@ func pidRuns(pid int, wantExe string) bool {
 	return filepath.Base(string(argv0)) == wantExe
 }
 
-// killProcsInNamespaces stops every process whose network namespace is one of names: the
-// way `down` cleans up after a crash that lost the PID files. It matches namespaces by
-// inode, never by name or command line, so nothing outside the lab is touched.
-func killProcsInNamespaces(names []string) error {
+// ProcessesInLab returns the PIDs of every process whose network namespace is one of the
+// lab's (prefix-*), matched by namespace inode.
+func (t *Topology) ProcessesInLab() ([]int, error) {
+	names, err := listNamedNS(t.Prefix + "-")
+	if err != nil {
+		return nil, err
+	}
+	return procsInNamespaces(names)
+}
+
+// procsInNamespaces lists the processes whose network namespace is one of names.
+func procsInNamespaces(names []string) ([]int, error) {
 	inodes := map[uint64]bool{}
 	for _, n := range names {
 		var st unix.Stat_t
@@ -108,14 +116,14 @@ func killProcsInNamespaces(names []string) error {
 		}
 	}
 	if len(inodes) == 0 {
-		return nil
+		return nil, nil
 	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	self := os.Getpid()
-	var errs []error
+	var out []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == self {
@@ -125,11 +133,44 @@ func killProcsInNamespaces(names []string) error {
 		if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil || !inodes[st.Ino] {
 			continue
 		}
-		if err := stopPID(pid, "", 3*time.Second); err != nil {
-			errs = append(errs, err)
+		out = append(out, pid)
+	}
+	return out, nil
+}
+
+// PIDRuns reports whether a process is alive (not a zombie).
+func PIDRuns(pid int) bool { return pidRuns(pid, "") }
+
+// stopAll sends SIGTERM to every process at once, waits up to grace for them to exit, and
+// SIGKILLs the ones still there.
+func stopAll(pids []int, grace time.Duration) error {
+	var errs []error
+	for _, pid := range pids {
+		if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("stop %d: %w", pid, err))
 		}
 	}
-	return errors.Join(errs...)
+	deadline := time.Now().Add(grace)
+	for {
+		var left []int
+		for _, pid := range pids {
+			if pidRuns(pid, "") {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 {
+			return errors.Join(errs...)
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range left {
+				if err := killHard(pid); err != nil && !errors.Is(err, unix.ESRCH) {
+					errs = append(errs, err)
+				}
+			}
+			return errors.Join(errs...)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // readPID reads a PID file; a missing file is (0, nil).

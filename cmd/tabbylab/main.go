@@ -67,7 +67,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&o.binDir, "bin-dir", "", "directory of tabbyd, tabbyctl and tabby-cni (default: next to tabbylab)")
 	root.AddCommand(
 		upCmd(o), downCmd(o), statusCmd(o), pingCmd(o), modeCmd(o), routesCmd(o),
-		birdCmd(o), faultCmd(o), natCmd(o), ctlCmd(o), etcdCmd(),
+		birdCmd(o), faultCmd(o), natCmd(o), ctlCmd(o), hasIPIPCmd(o), etcdCmd(),
 	)
 	return root
 }
@@ -101,6 +101,7 @@ func upCmd(o *options) *cobra.Command {
 				return err
 			}
 			fmt.Printf("lab %s is up in mode %s (%.1fs)\n", o.prefix, m, time.Since(start).Seconds())
+			printLab(c)
 			return nil
 		},
 	}
@@ -126,7 +127,7 @@ func downCmd(o *options) *cobra.Command {
 func statusCmd(o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "show each host's readiness, the pool and the active faults",
+		Short: "show each host's readiness, the pool, BIRD, the active faults and ipip support",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := o.cluster()
@@ -152,38 +153,155 @@ func statusCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("faults: %v\n", faults)
+			names := make([]string, len(faults))
+			for i, f := range faults {
+				names[i] = string(f)
+			}
+			fmt.Printf("faults: %s\n", orNone(strings.Join(names, ", ")))
+			bird := "off"
+			if c.BirdRunning() {
+				bird = "on (router AS " + fmt.Sprint(lab.RouterAS) + ")"
+			}
+			fmt.Printf("BIRD on the router: %s\n", bird)
+			has, err := c.Topo.HasIPIP()
+			if err != nil {
+				return err
+			}
+			if has {
+				fmt.Println("kernel: has ipip support")
+			} else {
+				fmt.Println("kernel: " + lab.NoIPIPMessage)
+			}
 			return nil
 		},
 	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// printLab lists the hosts and pods of a lab that is up.
+func printLab(c *lab.Cluster) {
+	for _, h := range c.Topo.Hosts {
+		fmt.Printf("  %-9s %-15s %s\n", h.Name, h.Addr, c.Topo.HostNS(h.Name))
+	}
+	for _, w := range c.Workloads {
+		ip, err := c.WorkloadIP(w.Name)
+		if err != nil {
+			continue
+		}
+		fmt.Printf("  %-9s %-15s on %s\n", w.Name, ip, w.Host)
+	}
+	fmt.Printf("  %-9s %-15s knows only %s\n", "outside", c.Topo.Outside.Addr, c.Topo.Outside.Knows)
 }
 
 func pingCmd(o *options) *cobra.Command {
 	var outside bool
+	var expectFail []string
 	cmd := &cobra.Command{
 		Use:   "ping",
-		Short: "ping every pod from every pod and print the matrix (exit 1 when one fails)",
-		Args:  exactArgs(0),
+		Short: "ping every pod from every pod and print the matrix",
+		Long: `Pings every pod from every pod (and, with --outside, the outside host from each pod,
+showing the source address the outside host saw) in parallel and prints the matrix.
+Exits 0 when every ping succeeded, or, with --expect-fail, when exactly the pings from or to
+the named pods (or "outside") failed and all the others succeeded.`,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := o.cluster().PingMatrix(cmd.Context(), outside)
+			c := o.cluster()
+			res, err := c.PingMatrix(cmd.Context(), false)
 			if err != nil {
 				return err
 			}
-			lab.PrintMatrix(os.Stdout, res)
-			for _, r := range res {
-				if !r.OK {
-					return errors.New("some pings failed")
+			var views []lab.OutsideView
+			if outside {
+				if views, err = c.ObserveOutside(cmd.Context()); err != nil {
+					return err
+				}
+				for _, v := range views {
+					res = append(res, lab.PingResult{From: v.Pod, To: "outside", OK: v.Reply})
 				}
 			}
-			return nil
+			lab.PrintMatrix(os.Stdout, res)
+			for _, v := range views {
+				fmt.Printf("outside host saw %s's ping from %s\n", v.Pod, describeSource(c, v))
+			}
+			return judgePings(res, expectFail)
 		},
 	}
-	cmd.Flags().BoolVar(&outside, "outside", false, "also ping the outside host from each pod")
+	cmd.Flags().BoolVar(&outside, "outside", false, "also ping the outside host from each pod and show the source address it saw")
+	cmd.Flags().StringSliceVar(&expectFail, "expect-fail", nil, "pods (or outside) whose pings must fail, all others must succeed")
 	return cmd
 }
 
-func modeCmd(o *options) *cobra.Command {
+// describeSource says whose address the outside host saw: the pod's own, or its host's.
+func describeSource(c *lab.Cluster, v lab.OutsideView) string {
+	if !v.Source.IsValid() {
+		return "nowhere: the request never arrived"
+	}
+	if ip, err := c.WorkloadIP(v.Pod); err == nil && ip == v.Source {
+		return v.Source.String() + " (the pod's own address: not masqueraded, the reply cannot come back)"
+	}
+	for _, w := range c.Workloads {
+		if h, ok := c.Topo.Host(w.Host); ok && w.Name == v.Pod && h.Addr.Addr() == v.Source {
+			return v.Source.String() + " (" + h.Name + "'s address: masqueraded by NAT outgoing)"
+		}
+	}
+	return v.Source.String()
+}
+
+// judgePings says whether the matrix is what was expected.
+func judgePings(res []lab.PingResult, expectFail []string) error {
+	failing := map[string]bool{}
+	for _, n := range expectFail {
+		failing[n] = true
+	}
+	var wrong []string
+	for _, r := range res {
+		want := !(failing[r.From] || failing[r.To])
+		if r.OK != want {
+			state := "failed"
+			if r.OK {
+				state = "succeeded"
+			}
+			wrong = append(wrong, fmt.Sprintf("%s → %s %s", r.From, r.To, state))
+		}
+	}
+	if len(wrong) > 0 {
+		return fmt.Errorf("unexpected ping results: %s", strings.Join(wrong, ", "))
+	}
+	if len(expectFail) > 0 {
+		fmt.Printf("as expected: every ping from or to %s fails, all others succeed\n", strings.Join(expectFail, ", "))
+	}
+	return nil
+}
+
+func hasIPIPCmd(o *options) *cobra.Command {
 	return &cobra.Command{
+		Use:   "has-ipip",
+		Short: "say whether this kernel has ipip support (exit 0) or not (exit 1)",
+		Args:  exactArgs(0),
+		RunE: func(*cobra.Command, []string) error {
+			has, err := o.cluster().Topo.HasIPIP()
+			if err != nil {
+				return err
+			}
+			if !has {
+				return errors.New("this " + lab.NoIPIPMessage)
+			}
+			fmt.Println("this kernel has ipip support")
+			return nil
+		},
+	}
+}
+
+func modeCmd(o *options) *cobra.Command {
+	var force bool
+	var wait time.Duration
+	cmd := &cobra.Command{
 		Use:   "mode ipip|crosssubnet|direct|vxlan|vxlan-crosssubnet",
 		Short: "patch the pool's encapsulation, as the articles do with calicoctl",
 		Args:  exactArgs(1),
@@ -192,13 +310,38 @@ func modeCmd(o *options) *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return o.cluster().SetMode(cmd.Context(), m)
+			c := o.cluster()
+			if m.UsesIPIP() && !force {
+				has, err := c.Topo.HasIPIP()
+				if err != nil {
+					return err
+				}
+				if !has {
+					return fmt.Errorf("this %s: mode %s cannot work here (make test-vm runs the IP-in-IP modes in a VM); --force sets it anyway", lab.NoIPIPMessage, m)
+				}
+			}
+			start := time.Now()
+			if err := c.SetMode(cmd.Context(), m); err != nil {
+				return err
+			}
+			if wait == 0 {
+				return nil
+			}
+			if err := c.WaitRoutes(cmd.Context(), wait); err != nil {
+				return err
+			}
+			fmt.Printf("pool %s is in mode %s; every host's routes match the datastore (%.1fs)\n", lab.PoolName, m, time.Since(start).Seconds())
+			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "set an IP-in-IP mode even where the kernel has no ipip")
+	cmd.Flags().DurationVar(&wait, "wait", time.Minute, "wait this long for every host's routes to match (0: don't wait)")
+	return cmd
 }
 
 func routesCmd(o *options) *cobra.Command {
-	return &cobra.Command{
+	var ipForm bool
+	cmd := &cobra.Command{
 		Use:   "routes HOST",
 		Short: "print a host's routing table as `route -n` does",
 		Args:  exactArgs(1),
@@ -207,9 +350,21 @@ func routesCmd(o *options) *cobra.Command {
 			if _, ok := c.Topo.Host(args[0]); !ok {
 				return usageError{fmt.Errorf("unknown host %q", args[0])}
 			}
-			return c.Topo.RouteTable(os.Stdout, args[0])
+			if !ipForm {
+				return c.Topo.RouteTable(os.Stdout, args[0])
+			}
+			lines, err := c.Topo.TabbyRoutes(args[0])
+			if err != nil {
+				return err
+			}
+			for _, l := range lines {
+				fmt.Println(l)
+			}
+			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&ipForm, "tabby", false, "print only tabby's routes (proto 95), as `ip route` does")
+	return cmd
 }
 
 func onOff(s string) (bool, error) {
@@ -224,15 +379,32 @@ func onOff(s string) (bool, error) {
 
 func birdCmd(o *options) *cobra.Command {
 	return &cobra.Command{
-		Use:   "bird on|off",
-		Short: "run BIRD2 on the router and peer every host with it (BGPPeer resources)",
+		Use:   "bird on|off|show",
+		Short: "run BIRD2 on the router and peer every host with it (BGPPeer resources); show: birdc show route",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			c := o.cluster()
+			if args[0] == "show" {
+				out, err := c.BirdRoutes(cmd.Context())
+				fmt.Print(out)
+				return err
+			}
 			on, err := onOff(args[0])
 			if err != nil {
 				return err
 			}
-			return o.cluster().SetBird(cmd.Context(), on)
+			if err := c.SetBird(cmd.Context(), on); err != nil {
+				return err
+			}
+			if !on {
+				fmt.Println("BIRD stopped; the hosts' BGPPeers to the router deleted")
+				return nil
+			}
+			if err := c.WaitBirdRoutes(cmd.Context(), time.Minute); err != nil {
+				return err
+			}
+			fmt.Println("BIRD runs on the router and has learned every block over BGP")
+			return nil
 		},
 	}
 }
@@ -266,7 +438,19 @@ func natCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return o.cluster().SetNATOutgoing(cmd.Context(), on)
+			c := o.cluster()
+			if err := c.SetNATOutgoing(cmd.Context(), on); err != nil {
+				return err
+			}
+			if err := c.WaitNAT(cmd.Context(), on, 30*time.Second); err != nil {
+				return err
+			}
+			state := "gone from"
+			if on {
+				state = "in place on"
+			}
+			fmt.Printf("natOutgoing: %t; the MASQUERADE rule is %s every host\n", on, state)
+			return nil
 		},
 	}
 }
