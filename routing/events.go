@@ -108,15 +108,23 @@ func (k *Kernel) handleLink(sch *schedule, u netlink.LinkUpdate) {
 		}
 	}
 	if u.Header.Type == unix.RTM_DELLINK {
-		// Gone: its index is no good any more. (A delete of an older device under the same
-		// name, e.g. the echo of a recreation, has another index and changes nothing.)
+		// Gone, with its routes, neighbours and FDB entries. Indexes are not reused, so this
+		// is safe to act on even when the notification is late (the echo of a recreation
+		// names the old index, whose routes are gone already).
 		if dev != nil && dev.index == a.Index {
 			dev.ok = false
 		}
 		if isCached && cached == a.Index {
 			delete(k.rec.links, a.Name)
 		}
+		k.forgetLink(a.Index)
+		k.signalUnderlay()
+		k.askRepair(sch, time.Now())
+		return
 	}
+	// Down, or changed: IPv4 has dropped the device's routes if it went down, but this
+	// notification may be the late echo of tabby's own creation of the device, so only a
+	// fresh dump can tell what is missing.
 	k.signalUnderlay()
 	k.askFull(sch, time.Now())
 }
