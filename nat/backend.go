@@ -111,7 +111,7 @@ func selectBackend(ctx context.Context, r runner, want string) (b *backend, reas
 		return nil, "", fmt.Errorf("no usable iptables: %w", errors.Join(errs...))
 	case len(found) == 1:
 		for _, cand := range found {
-			return cand, "the only one installed", nil
+			return cand, "the only one installed and readable", nil
 		}
 	}
 	reason = fmt.Sprintf("nft holds %d rules, legacy %d", counts[BackendNFT], counts[BackendLegacy])
