@@ -51,8 +51,9 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 # Every test: unit, etcd, root network-namespace and end-to-end tests.
-test: deps lint build
+test: deps lint build check-ansible
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) test-vm
 
 # VM tests (lab/vm/run.sh): tabby's code inside qemu on Debian's stock kernel, which has the
 # ipip module these machines' kernel lacks. Downloads and the unpacked kernel are cached in
