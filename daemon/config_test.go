@@ -221,3 +221,20 @@ func TestConfigEnvErrorNamesKey(t *testing.T) {
 		t.Errorf("error = %v", err)
 	}
 }
+
+// TestExampleConfig keeps configs/tabbyd.yaml, which documents every key with its default,
+// loadable and equal to the built-in defaults.
+func TestExampleConfig(t *testing.T) {
+	example, err := LoadConfig(LoadOptions{File: "../configs/tabbyd.yaml"})
+	if err != nil {
+		t.Fatalf("configs/tabbyd.yaml: %v", err)
+	}
+	defaults, err := LoadConfig(LoadOptions{File: writeFile(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	example.File, defaults.File = "", ""
+	if !reflect.DeepEqual(example, defaults) {
+		t.Errorf("configs/tabbyd.yaml differs from the defaults:\n file %+v\n code %+v", *example, *defaults)
+	}
+}

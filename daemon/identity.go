@@ -1,0 +1,54 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/tabby-net/tabby/daemon/autodetect"
+)
+
+// detectAddress finds the node address the configuration asks for, in the calling
+// process's network namespace.
+func detectAddress(h *netlink.Handle, cfg IPv4Config) (autodetect.Result, error) {
+	if cfg.HasAddress {
+		return autodetect.Fixed(h, cfg.Address)
+	}
+	return autodetect.Detect(h, cfg.Autodetect)
+}
+
+// findAddress detects the node address, retrying with backoff (capped at 10 s) while
+// there is none: at boot the NIC may get its address after tabbyd starts. Readiness and
+// the systemd status say what is missing meanwhile.
+func (d *daemon) findAddress(ctx context.Context) (autodetect.Result, error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return autodetect.Result{}, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	backoff := 250 * time.Millisecond
+	var lastErr string
+	for {
+		res, err := detectAddress(h, d.cfg.IPv4)
+		if err == nil {
+			d.health.Set(partAddress, "")
+			d.log.Info("node address", "address", res.Address.String(), "interface", res.Interface)
+			return res, nil
+		}
+		if err.Error() != lastErr {
+			lastErr = err.Error()
+			d.log.Warn("no node address yet; retrying", "err", err)
+			d.health.Set(partAddress, "no node address: "+lastErr)
+			d.notify.Status("Waiting for the node address: " + lastErr)
+		}
+		select {
+		case <-ctx.Done():
+			return autodetect.Result{}, ctx.Err()
+		case <-time.After(backoff):
+		}
+		d.health.Beat(loopMain, 30*time.Second)
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}

@@ -1,0 +1,121 @@
+package daemon
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/routing"
+	"github.com/tabby-net/tabby/routing/bgp"
+)
+
+// bgpSub feeds the BGP speaker (SPEC §7). The speaker is started only once some BGP is
+// needed (a mesh with other nodes, or peers); a host without BGP runs no GoBGP server.
+type bgpSub struct {
+	d *daemon
+	g *group
+
+	speaker *bgp.Speaker // nil until BGP is first needed
+	changed chan struct{}
+
+	mu       sync.Mutex
+	routes   []routing.LearnedRoute
+	problems []string
+}
+
+func newBGPSub(d *daemon, g *group) *bgpSub {
+	return &bgpSub{d: d, g: g, changed: make(chan struct{}, 1)}
+}
+
+// update computes the node's BGP identity, sessions and advertisements and hands them to
+// the speaker, starting it the first time there is a session to run.
+func (s *bgpSub) update(snap *datastore.Snapshot) {
+	global, peers, problems := bgp.Config(snap, s.d.nodeName, s.d.cfg.BGP.SecretsDir)
+	lines := make([]string, 0, len(problems))
+	for _, p := range problems {
+		lines = append(lines, "BGP: "+p.String())
+	}
+	s.mu.Lock()
+	s.problems = lines
+	s.mu.Unlock()
+	if s.speaker == nil {
+		if len(peers) == 0 {
+			return
+		}
+		s.start()
+	}
+	s.speaker.Set(global, peers, bgp.Advertisements(snap, s.d.nodeName))
+}
+
+func (s *bgpSub) start() {
+	cfg := s.d.cfg
+	s.speaker = bgp.NewSpeaker(bgp.SpeakerOptions{
+		Logger: s.d.log,
+		RunDir: cfg.RunDir,
+		Timers: bgp.Timers{ConnectRetry: cfg.BGP.ConnectRetry, HoldTime: cfg.BGP.HoldTime, KeepaliveInterval: cfg.BGP.Keepalive},
+	})
+	s.d.log.Info("BGP needed: starting the speaker")
+	s.g.Go("bgp speaker", s.speaker.Run)
+	s.g.Go("bgp learned routes", s.forwardLearned)
+}
+
+// forwardLearned keeps the latest learned routes (outside every pool) for the routing
+// computation and wakes the main loop.
+func (s *bgpSub) forwardLearned(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case learned := <-s.speaker.Learned():
+			routes := make([]routing.LearnedRoute, 0, len(learned))
+			for _, r := range learned {
+				routes = append(routes, routing.LearnedRoute{Prefix: r.Prefix, NextHop: r.NextHop})
+			}
+			s.mu.Lock()
+			s.routes = routes
+			s.mu.Unlock()
+			select {
+			case s.changed <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// learnedChanged fires when the learned routes change.
+func (s *bgpSub) learnedChanged() <-chan struct{} { return s.changed }
+
+// learned returns the latest learned routes.
+func (s *bgpSub) learned() []routing.LearnedRoute {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.routes
+}
+
+// peers returns the session table; empty while BGP is not needed.
+func (s *bgpSub) peers() []statusapi.Peer {
+	if s.speaker == nil {
+		return []statusapi.Peer{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	peers := s.speaker.Status(ctx)
+	if peers == nil {
+		peers = []statusapi.Peer{}
+	}
+	return peers
+}
+
+// readiness is BGP's part of readiness: "" or "BGP not established with …".
+func (s *bgpSub) readiness(peers []statusapi.Peer, sinceStart time.Duration) string {
+	_, reason := bgp.Readiness(peers, sinceStart)
+	return reason
+}
+
+func (s *bgpSub) problemLines() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.problems
+}
