@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tabby-net/tabby/daemon/internal/nstest"
+)
+
+// tabbyd runs the binary outside any namespace (for commands that touch no network) and
+// returns its exit code, stdout and stderr.
+func tabbyd(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin("tabbyd"), args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("run tabbyd: %v", err)
+	}
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+}
+
+// TestConfigErrorExitCode: a bad value is one line naming the key, exit code 2; so is a
+// usage error; version exits 0.
+func TestConfigErrorExitCode(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("dataplane:\n  routeProtocol: 300\n"), 0o644)
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("dataplane:\n  routeProtocl: 95\n"), 0o644)
+	empty := filepath.Join(dir, "empty.yaml")
+	os.WriteFile(empty, nil, 0o644)
+	missing := filepath.Join(dir, "missing.yaml")
+
+	for _, tc := range []struct {
+		name   string
+		env    []string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{name: "bad value", args: []string{"run", "--config", bad}, code: 2,
+			stderr: "tabbyd: config: dataplane.routeProtocol: 300 is not a route protocol number (1..255)\n"},
+		{name: "default command", args: []string{"--config", bad}, code: 2,
+			stderr: "tabbyd: config: dataplane.routeProtocol: 300 is not a route protocol number (1..255)\n"},
+		{name: "unknown key", args: []string{"run", "--config", typo}, code: 2,
+			stderr: "tabbyd: config: " + typo + ": unknown key \"dataplane.routeProtocl\"\n"},
+		{name: "bad env value", env: []string{"TABBY_LOGLEVEL=loud"}, args: []string{"run", "--config", empty}, code: 2,
+			stderr: "tabbyd: config: logLevel: \"loud\" must be debug, info, warn or error\n"},
+		{name: "bad flag value", args: []string{"cleanup", "--config", empty, "--log-level", "loud"}, code: 2,
+			stderr: "tabbyd: config: logLevel: \"loud\" must be debug, info, warn or error\n"},
+		{name: "missing file", args: []string{"run", "--config", missing}, code: 2,
+			stderr: "tabbyd: config: " + missing + ": cannot read the configuration file: " + missing + ": no such file or directory\n"},
+		{name: "unknown command", args: []string{"frobnicate"}, code: 2},
+		{name: "unknown flag", args: []string{"run", "--frobnicate"}, code: 2},
+		{name: "version", args: []string{"version"}, code: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := tabbyd(t, tc.env, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d (stdout %q, stderr %q)", code, tc.code, stdout, stderr)
+			}
+			if tc.stderr != "" && stderr != tc.stderr {
+				t.Errorf("stderr:\n got %q\nwant %q", stderr, tc.stderr)
+			}
+			if tc.code == 2 && strings.Count(stderr, "\n") != 1 {
+				t.Errorf("the error is not one line: %q", stderr)
+			}
+			if tc.name == "version" && !strings.HasPrefix(stdout, "tabbyd ") {
+				t.Errorf("version output %q", stdout)
+			}
+		})
+	}
+}
+
+// TestWithoutDatastore: a tabbyd whose etcd does not answer keeps retrying, serves
+// /liveness, says why it is not ready on /readiness, the status socket, /metrics and the
+// systemd STATUS line, and exits 0 on SIGTERM.
+func TestWithoutDatastore(t *testing.T) {
+	t.Parallel()
+	nstest.RequireRoot(t)
+	host := nstest.New(t, "e2enoetcd")
+	peer := nstest.New(t, "e2enoetcdp")
+	nstest.Veth(t, host, "eth0", "10.77.0.2/24", peer, "eth0", "10.77.0.1/24")
+	if out := mustRun(t, host.Name, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "0" {
+		t.Skipf("new namespaces start with forwarding on here (%q): nothing to check", out)
+	}
+
+	// 10.77.0.1 exists but nothing listens on 2379: connection refused, quickly.
+	h := newDaemonHost(t, "lonely", host.Name, netip.MustParsePrefix("10.77.0.2/24"), t.TempDir(), "http://10.77.0.1:2379")
+	// Autodetection instead of a fixed address, to run that path in the binary too.
+	cfg, _ := os.ReadFile(h.config)
+	os.WriteFile(h.config, []byte(strings.Replace(string(cfg), "  address: 10.77.0.2/24", "  autodetect: interface=eth0", 1)), 0o644)
+	h.start()
+
+	eventually(t, 30*time.Second, "readiness names the datastore", func() string {
+		code, body := h.readiness()
+		if code == 503 && strings.Contains(body, "datastore unreachable: ") && strings.Contains(body, "not converged yet") {
+			return ""
+		}
+		return body
+	})
+	// Workloads need forwarding; a fresh namespace starts with it off.
+	if out := mustRun(t, host.Name, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
+		t.Errorf("IPv4 forwarding not turned on: %q", out)
+	}
+	if code, body, err := h.get("http://127.0.0.1:9099/liveness"); err != nil || code != 200 || body != "ok\n" {
+		t.Errorf("liveness = %d %q %v", code, body, err)
+	}
+	st, err := h.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Node != "lonely" || st.Ready || st.NodeAddress != "10.77.0.2/24" || len(st.NotReady) == 0 {
+		t.Errorf("status = %+v", st)
+	}
+	m := h.metrics()
+	for _, want := range []string{"tabby_ready 0", `tabby_reconcile_duration_seconds_bucket{subsystem="routes"`, "tabby_datastore_errors_total "} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if !h.notify.wait("STATUS=Waiting for etcd: "+strings.TrimPrefix(firstLine(t, h, "datastore unreachable: "), "datastore unreachable: "), 10*time.Second) {
+		t.Errorf("no STATUS=Waiting for etcd line: %q", h.notify.all())
+	}
+	if h.notify.wait("READY=1", 0) {
+		t.Error("READY=1 sent without a datastore")
+	}
+	if code := h.proc.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0\n%s", code, h.proc.tail(20))
+	}
+	if _, err := os.Stat(h.socket()); err == nil {
+		t.Error("the status socket file was left behind")
+	}
+}
+
+// firstLine returns the readiness line that starts with prefix.
+func firstLine(t *testing.T, h *daemonHost, prefix string) string {
+	t.Helper()
+	_, body := h.readiness()
+	for l := range strings.Lines(body) {
+		if strings.HasPrefix(l, prefix) {
+			return strings.TrimSpace(l)
+		}
+	}
+	t.Fatalf("no readiness line starts with %q: %q", prefix, body)
+	return ""
+}
