@@ -167,6 +167,9 @@ func (a *ASNumber) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// String renders the AS number in decimal ("64512").
+func (a ASNumber) String() string { return strconv.FormatUint(uint64(a), 10) }
+
 // ParseASNumber parses "64512" or the dotted "1.10" (= 1<<16 + 10).
 func ParseASNumber(s string) (ASNumber, error) {
 	if hi, lo, dotted := strings.Cut(s, "."); dotted {
