@@ -49,6 +49,9 @@ type KernelOptions struct {
 	RepairInterval time.Duration
 	// Logger receives the reconciler's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// ObservePass, when set, is called by Run with the duration of every pass (the
+	// daemon's tabby_reconcile_duration_seconds{subsystem="routes"}). It must not block.
+	ObservePass func(time.Duration)
 }
 
 // KernelStatus is a snapshot of the reconciler's state, for status, metrics and readiness.
@@ -121,6 +124,8 @@ type Kernel struct {
 
 	// onPass, when set (tests, benchmarks), is called by Run after every pass.
 	onPass func(passReport)
+	// observePass is KernelOptions.ObservePass.
+	observePass func(time.Duration)
 }
 
 // NewKernel returns a reconciler for the namespace opts.Handle is bound to. Nothing touches
@@ -134,16 +139,17 @@ func NewKernel(opts KernelOptions) (*Kernel, error) {
 
 func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
 	k := &Kernel{
-		nl:        &counting{nl: nl},
-		events:    events,
-		proto:     opts.Protocol,
-		refresh:   opts.RefreshInterval,
-		repairGap: opts.RepairInterval,
-		log:       opts.Logger,
-		wake:      make(chan struct{}, 1),
-		synced:    make(chan struct{}),
-		underlay:  make(chan struct{}, 1),
-		rec:       newRecord(),
+		nl:          &counting{nl: nl},
+		events:      events,
+		proto:       opts.Protocol,
+		refresh:     opts.RefreshInterval,
+		repairGap:   opts.RepairInterval,
+		log:         opts.Logger,
+		observePass: opts.ObservePass,
+		wake:        make(chan struct{}, 1),
+		synced:      make(chan struct{}),
+		underlay:    make(chan struct{}, 1),
+		rec:         newRecord(),
 	}
 	if k.proto == 0 {
 		k.proto = DefaultProtocol
@@ -437,6 +443,9 @@ func (k *Kernel) runPass(ctx context.Context, sch *schedule, want *State, versio
 		k.log.Info("kernel routing synced", "routes", len(k.rec.routes), "took", end.Sub(now))
 	}
 	k.publish(rep, end)
+	if k.observePass != nil {
+		k.observePass(end.Sub(now))
+	}
 	if k.onPass != nil {
 		k.onPass(rep)
 	}

@@ -44,11 +44,17 @@ type SpeakerOptions struct {
 	// DeferralTime bounds how long a restarting node waits for its peers' End-of-RIB
 	// before sending its own routes: 60 s.
 	DeferralTime time.Duration
+	// ObserveReconcile, when set, is called by Run with the duration of every
+	// reconciliation of the desired state (the daemon's
+	// tabby_reconcile_duration_seconds{subsystem="bgp"}). It must not block.
+	ObserveReconcile func(time.Duration)
 }
 
 // Speaker owns the process's one GoBGP server (GoBGP keeps global state, so there can only
 // be one). Set publishes what it should do; Run is the one goroutine that does it.
 type Speaker struct {
+	// observe is SpeakerOptions.ObserveReconcile.
+	observe func(time.Duration)
 	log     *slog.Logger
 	timers  Timers
 	gr      grSettings
@@ -131,6 +137,7 @@ func NewSpeaker(opts SpeakerOptions) *Speaker {
 		gr.deferralTime = DefaultDeferralTime
 	}
 	s := &Speaker{
+		observe:   opts.ObserveReconcile,
 		log:       log,
 		timers:    opts.Timers.withDefaults(),
 		gr:        gr,
@@ -203,7 +210,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 		if d == nil {
 			continue
 		}
-		if err := s.reconcile(ctx, d); err != nil {
+		start := time.Now()
+		err := s.reconcile(ctx, d)
+		if s.observe != nil {
+			s.observe(time.Since(start))
+		}
+		if err != nil {
 			s.log.Warn("BGP configuration not fully applied, will retry", "error", err, "retry_in", backoff)
 			retry.Reset(backoff)
 			backoff = min(backoff*2, maxBackoff)
