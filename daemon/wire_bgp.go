@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tabby-net/tabby/daemon/metrics"
 	"github.com/tabby-net/tabby/daemon/statusapi"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/routing"
@@ -55,6 +56,9 @@ func (s *bgpSub) start() {
 		Logger: s.d.log,
 		RunDir: cfg.RunDir,
 		Timers: bgp.Timers{ConnectRetry: cfg.BGP.ConnectRetry, HoldTime: cfg.BGP.HoldTime, KeepaliveInterval: cfg.BGP.Keepalive},
+		ObserveReconcile: func(took time.Duration) {
+			s.d.metrics.ObserveReconcile(metrics.SubsystemBGP, took)
+		},
 	})
 	s.d.log.Info("BGP needed: starting the speaker")
 	s.g.Go("bgp speaker", s.speaker.Run)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -54,6 +55,9 @@ func newRoutesSub(d *daemon) (*routesSub, error) {
 		Protocol:        proto,
 		RefreshInterval: refresh,
 		Logger:          d.log,
+		ObservePass: func(took time.Duration) {
+			d.metrics.ObserveReconcile(metrics.SubsystemRoutes, took)
+		},
 	})
 	if err != nil {
 		h.Close()

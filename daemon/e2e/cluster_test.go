@@ -176,6 +176,12 @@ func TestCluster(t *testing.T) {
 					t.Errorf("%s /metrics lacks %q", h.name, want)
 				}
 			}
+			// Every subsystem has reconciled at least once.
+			for _, sub := range []string{"routes", "nat", "bgp"} {
+				if want := fmt.Sprintf(`tabby_reconcile_duration_seconds_count{subsystem=%q} 0`, sub); strings.Contains(m, want) {
+					t.Errorf("%s: no reconcile duration observed for %s", h.name, sub)
+				}
+			}
 			st, err := h.status()
 			if err != nil {
 				t.Fatal(err)
