@@ -286,6 +286,7 @@ func (s *Syncer) list(ctx context.Context, st *syncState) (int64, error) {
 		}
 		x.Lists++
 		x.Connected = true
+		x.LastError = ""
 		x.LastRevision = max(x.LastRevision, rev)
 	})
 	if changed || s.Latest() == nil {
