@@ -31,8 +31,11 @@ func (c *Client) resourceKey(kind, name string) (string, error) {
 	if !knownKind(kind) {
 		return "", unknownKindError(kind)
 	}
-	if name == "" || strings.Contains(name, "/") {
-		return "", &FieldError{Kind: kind, Name: name, Field: "metadata.name", Problem: "required, without '/'"}
+	switch {
+	case name == "":
+		return "", &FieldError{Kind: kind, Field: "metadata.name", Problem: "required"}
+	case strings.Contains(name, "/"):
+		return "", &FieldError{Kind: kind, Name: name, Field: "metadata.name", Problem: fmt.Sprintf("%q contains '/'", name)}
 	}
 	return c.Keys.Resource(kind, name), nil
 }
