@@ -269,10 +269,10 @@ func (a *Allocator) blockOf(ctx context.Context, ip netip.Addr) (netip.Prefix, e
 // maybeReleaseEmptyBlock decides whether a block that a release just emptied should go
 // back to the pool. Calico's rule (ensureConsistentAffinity): when its pool is gone or no
 // longer selects the block's host. Plus one of tabby's: when the host has another block of
-// the same pool with free addresses, this one is surplus. A host's last block with room is
-// kept, so that a node whose workloads come and go does not claim and release a block each
-// time. The release is conditional on the block's sequence number, so an assignment that
-// slipped in since wins.
+// the same pool that is in use and has free addresses, this one is surplus. A host's last
+// block with room is kept, so that a node whose workloads come and go does not claim and
+// release a block each time. The release is conditional on the block's sequence number,
+// so an assignment that slipped in since wins.
 func (a *Allocator) maybeReleaseEmptyBlock(ctx context.Context, sb storedBlock) {
 	host := sb.b.AffinityHost()
 	if host == "" {
@@ -303,8 +303,11 @@ func (a *Allocator) maybeReleaseEmptyBlock(ctx context.Context, sb storedBlock) 
 			return
 		}
 		for cidr, kv := range raw {
-			if p, err := probeBlock(cidr, kv.Value); err == nil && p.host() == host && len(p.Unallocated) > 0 {
-				reason = fmt.Sprintf("the node has room in block %s", cidr)
+			// The other block must be in use too: two blocks emptied at the same moment
+			// must not each give up on account of the other.
+			p, err := probeBlock(cidr, kv.Value)
+			if err == nil && p.host() == host && len(p.Unallocated) > 0 && len(p.Unallocated) < blockSizeOf(cidr) {
+				reason = fmt.Sprintf("the node has room in block %s, which is in use", cidr)
 				break
 			}
 		}
