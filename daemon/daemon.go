@@ -150,13 +150,16 @@ func (d *daemon) setStatus(f func(*statusapi.Status)) {
 	f(&d.status)
 }
 
-// statusDoc returns a copy of the status document for the status socket.
+// statusDoc returns a copy of the status document for the status socket. Its readiness
+// verdict is read from health at that moment, so it agrees with GET /readiness also while
+// the daemon is still starting.
 func (d *daemon) statusDoc() statusapi.Status {
+	ready, reasons := d.health.Ready()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := d.status
+	s.Ready, s.NotReady = ready, reasons
 	s.Peers = append([]statusapi.Peer{}, d.status.Peers...)
-	s.NotReady = append([]string(nil), d.status.NotReady...)
 	s.Problems = append([]string(nil), d.status.Problems...)
 	return s
 }

@@ -198,7 +198,6 @@ func (w *wiring) refresh() {
 	problems = append(problems, w.bgp.problemLines()...)
 	hostMTU, podMTU := w.routes.mtus()
 	d.setStatus(func(s *statusapi.Status) {
-		s.Ready, s.NotReady = ready, reasons
 		s.Peers = peers
 		s.Problems = problems
 		if w.snap != nil {

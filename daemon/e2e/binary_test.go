@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -158,4 +159,42 @@ func firstLine(t *testing.T, h *daemonHost, prefix string) string {
 	}
 	t.Fatalf("no readiness line starts with %q: %q", prefix, body)
 	return ""
+}
+
+// TestAddressAppearsLater: a tabbyd that starts before its NIC has an address says so and
+// goes on once the address appears (interfaces configured late at boot).
+func TestAddressAppearsLater(t *testing.T) {
+	t.Parallel()
+	nstest.RequireRoot(t)
+	host := nstest.New(t, "e2elate")
+	peer := nstest.New(t, "e2elatep")
+	h := newDaemonHost(t, "late", host.Name, netip.MustParsePrefix("10.78.0.2/24"), t.TempDir(), "http://10.78.0.1:2379")
+	cfg, _ := os.ReadFile(h.config)
+	os.WriteFile(h.config, []byte(strings.Replace(string(cfg), "  address: 10.78.0.2/24", "  autodetect: interface=^eth1$", 1)), 0o644)
+	h.start()
+
+	eventually(t, 20*time.Second, "readiness names the missing address", func() string {
+		code, body := h.readiness()
+		if code == 503 && strings.Contains(body, "no node address: interface=^eth1$: no interface that is up and not skipped") {
+			return ""
+		}
+		return fmt.Sprintf("%d %q", code, body)
+	})
+	if st, err := h.status(); err != nil || st.Ready || len(st.NotReady) == 0 || st.NodeAddress != "" {
+		t.Errorf("status while waiting for the address: %+v %v", st, err)
+	}
+	nstest.Veth(t, host, "eth1", "10.78.0.2/24", peer, "eth1", "10.78.0.1/24")
+	eventually(t, 30*time.Second, "the address is found", func() string {
+		st, err := h.status()
+		if err != nil {
+			return err.Error()
+		}
+		if st.NodeAddress != "10.78.0.2/24" {
+			return fmt.Sprintf("node address %q, not ready because %q", st.NodeAddress, st.NotReady)
+		}
+		return ""
+	})
+	if code, body := h.readiness(); strings.Contains(body, "no node address") {
+		t.Errorf("readiness still names the address: %d %q", code, body)
+	}
 }
