@@ -155,6 +155,7 @@ etcd.prefix), in that order; the default is ` + defaultEndpoint + `.`,
 	root.AddCommand(newGetCmd(opts))
 	root.AddCommand(newPatchCmd(opts))
 	root.AddCommand(newIPAMCmd(opts))
+	root.AddCommand(newNodeCmd(opts))
 	root.AddCommand(newVersionCmd())
 	return root
 }
