@@ -264,3 +264,51 @@ func TestBIRDRouteReflector(t *testing.T) {
 		})
 	}
 }
+
+// TestLearnedRouteInstalled: a route BIRD announces outside every pool reaches the kernel
+// through Learned() and routing's reconciler, with tabby's protocol (95); when BIRD
+// withdraws it, it leaves the kernel.
+func TestLearnedRouteInstalled(t *testing.T) {
+	nettest.RequireRoot(t, "birdc")
+	t.Parallel()
+
+	lan := nettest.NewLAN(t, "krtlan")
+	torNS := nettest.NewNetns(t, "krttor")
+	lan.Attach(t, torNS, "eth0", "10.99.0.254/24")
+	nodeNS := nettest.NewNetns(t, "krtnode")
+	lan.Attach(t, nodeNS, "eth0", "10.99.0.1/24")
+	c := &cluster{
+		nodes: []clusterNode{{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"}},
+		peers: map[string]datastore.BGPPeerSpec{"tor": {PeerIP: "10.99.0.254", ASNumber: 65000}},
+	}
+	bird := nettest.StartBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "",
+		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; }`))
+	sp := newSpeaker(t, nodeNS, "node-a", c.snapshot(), speakerOptions{routing: true})
+	sp.waitEstablished(30*time.Second, "10.99.0.254")
+
+	routes := func() (string, error) { return nodeNS.Exec("ip", "-4", "route", "show", "proto", "95") }
+	nettest.Eventually(t, 30*time.Second, "203.0.113.0/24 installed with proto 95", func() error {
+		out, err := routes()
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "203.0.113.0/24 via 10.99.0.254 dev eth0") || !strings.Contains(out, "blackhole 10.244.1.0/26") {
+			return fmt.Errorf("ip route show proto 95:\n%s", out)
+		}
+		return nil
+	})
+
+	if _, err := bird.Query("disable", "originated"); err != nil {
+		t.Fatal(err)
+	}
+	nettest.Eventually(t, 30*time.Second, "203.0.113.0/24 removed after BIRD withdrew it", func() error {
+		out, err := routes()
+		if err != nil {
+			return err
+		}
+		if strings.Contains(out, "203.0.113.0/24") {
+			return fmt.Errorf("still installed:\n%s", out)
+		}
+		return nil
+	})
+}

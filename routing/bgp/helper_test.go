@@ -17,8 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tabby-net/tabby/daemon/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/routing"
 	"github.com/tabby-net/tabby/routing/bgp"
 	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
@@ -44,6 +47,9 @@ type helperConfig struct {
 	Control      string // unix socket serving /status, /learned, /routes
 	Timers       bgp.Timers
 	RestartTime  time.Duration
+	// Routing also runs the kernel reconciler in the speaker's namespace, fed by
+	// routing.Desired with the learned routes, as tabbyd does.
+	Routing bool
 }
 
 // snapshotFile is a datastore.Snapshot in a form JSON can carry (affinities are keyed by
@@ -126,22 +132,42 @@ func runSpeakerHelper(cfgPath string) int {
 		return 2
 	}
 	sp := bgp.NewSpeaker(bgp.SpeakerOptions{Logger: log, RunDir: cfg.RunDir, Timers: cfg.Timers, RestartTime: cfg.RestartTime})
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+
+	var mu sync.Mutex
+	var snap *datastore.Snapshot
+	learned := []bgp.LearnedRoute{}
+	kernel := func() {} // recomputes the kernel state, when Routing is on
+	if cfg.Routing {
+		var err error
+		if kernel, err = runRouting(ctx, log, cfg.Node, func() (*datastore.Snapshot, []bgp.LearnedRoute) {
+			mu.Lock()
+			defer mu.Unlock()
+			return snap, learned
+		}); err != nil {
+			log.Error("routing", "error", err)
+			return 2
+		}
+	}
 	load := func() {
-		snap, err := readSnapshot(cfg.SnapshotFile)
+		s, err := readSnapshot(cfg.SnapshotFile)
 		if err != nil {
 			log.Error("read snapshot", "error", err)
 			return
 		}
-		g, peers, problems := bgp.Config(snap, cfg.Node, cfg.SecretsDir)
+		mu.Lock()
+		snap = s
+		mu.Unlock()
+		g, peers, problems := bgp.Config(s, cfg.Node, cfg.SecretsDir)
 		for _, p := range problems {
 			log.Warn("problem", "problem", p.String())
 		}
-		sp.Set(g, peers, bgp.Advertisements(snap, cfg.Node))
+		sp.Set(g, peers, bgp.Advertisements(s, cfg.Node))
+		kernel()
 	}
 	load()
 
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer cancel()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -150,8 +176,6 @@ func runSpeakerHelper(cfgPath string) int {
 		}
 	}()
 
-	var mu sync.Mutex
-	learned := []bgp.LearnedRoute{}
 	go func() {
 		for {
 			select {
@@ -161,6 +185,7 @@ func runSpeakerHelper(cfgPath string) int {
 				mu.Lock()
 				learned = l
 				mu.Unlock()
+				kernel()
 			}
 		}
 	}()
@@ -207,6 +232,51 @@ func runSpeakerHelper(cfgPath string) int {
 	return 0
 }
 
+// runRouting starts routing's kernel reconciler in the process's namespace and returns
+// the function that hands it a new desired state: routing.Desired over the latest snapshot
+// and learned routes, with the underlay read from the kernel.
+func runRouting(ctx context.Context, log *slog.Logger, node string, latest func() (*datastore.Snapshot, []bgp.LearnedRoute)) (func(), error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, err
+	}
+	k, err := routing.NewKernel(routing.KernelOptions{Handle: h, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	go func() { _ = k.Run(ctx) }()
+	var mu sync.Mutex // one computation at a time, so the latest state is the last Set
+	recompute := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		snap, learned := latest()
+		if snap == nil {
+			return
+		}
+		underlay, err := routing.ReadUnderlay(h, routing.DefaultProtocol)
+		if err != nil {
+			log.Error("read underlay", "error", err)
+			return
+		}
+		var routes []routing.LearnedRoute
+		for _, l := range learned {
+			routes = append(routes, routing.LearnedRoute{Prefix: l.Prefix, NextHop: l.NextHop})
+		}
+		k.Set(routing.Desired(snap, routing.Local{NodeName: node, NIC: "eth0", HostMTU: 1500, Underlay: underlay}, routes))
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-k.UnderlayChanged():
+				recompute()
+			}
+		}
+	}()
+	return recompute, nil
+}
+
 // speaker is a speaker process under test.
 type speaker struct {
 	t        testing.TB
@@ -222,6 +292,7 @@ type speaker struct {
 type speakerOptions struct {
 	restartTime time.Duration
 	secretsDir  string
+	routing     bool
 }
 
 // fastTimers keep the tests quick: retry every second, notice a dead peer in 9 s.
@@ -244,6 +315,7 @@ func newSpeaker(t testing.TB, ns nettest.Netns, node string, snap *datastore.Sna
 		Control:      filepath.Join(dir, "ctl.sock"),
 		Timers:       fastTimers(),
 		RestartTime:  opts.restartTime,
+		Routing:      opts.routing,
 	}
 	b, _ := json.Marshal(cfg)
 	if err := os.WriteFile(s.cfgPath, b, 0o644); err != nil {
