@@ -33,7 +33,11 @@ func birdName(host string) string {
 }
 
 // birdPeers are the BGPPeer resources that make every host peer with the router's address
-// in its own subnet, chosen by the subnet label tabbylab gives each node.
+// in its own subnet, chosen by the subnet label tabbylab gives each node. Every host also
+// passes on the blocks it learned from the others over the mesh; keepOriginalNextHop makes
+// it keep the owner's address as next hop, as Calico recommends towards a top-of-rack
+// router. Without it the router may send worker-3's block to worker-2, whose Direct route
+// to it leads back through the router: a loop.
 func (c *Cluster) birdPeers() string {
 	var b strings.Builder
 	for _, s := range c.Topo.Segments {
@@ -46,6 +50,7 @@ spec:
   peerIP: %s
   asNumber: %d
   nodeSelector: subnet == '%s'
+  keepOriginalNextHop: true
 `, s.Name, s.Router.Addr(), RouterAS, s.Name)
 	}
 	return b.String()
@@ -90,10 +95,11 @@ func (c *Cluster) SetBird(ctx context.Context, on bool) error {
 	return err
 }
 
-// BirdRoutes returns what the router's BIRD has learned (`birdc show route`).
+// BirdRoutes returns the routes the router's BIRD has learned and uses, one per prefix
+// (`birdc show route primary`: every host offers every block, keeping its next hop).
 func (c *Cluster) BirdRoutes(ctx context.Context) (string, error) {
-	cmd := Command(c.Topo.RouterNS(), "birdc", "-s", c.BirdSocket(), "show", "route")
-	out, err := cmd.CombinedOutput()
+	cmd := Command(c.Topo.RouterNS(), "birdc", "-s", c.BirdSocket(), "show", "route", "primary")
+	out, err := cmdOutputCombined(ctx, cmd)
 	if err != nil {
 		return "", fmt.Errorf("birdc show route: %w: %s", err, out)
 	}

@@ -237,9 +237,16 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 		"etcd", "--data-dir", filepath.Join(c.StateDir, "etcd"), "--listen", strings.Join(listen, ",")); err != nil {
 		return err
 	}
+	ds, err := c.Datastore()
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		_, err := c.Ctl(ctx, "master", "get", "ippool")
+		probeCtx, cancel := context.WithTimeout(ctx, time.Second)
+		_, _, err := ds.List(probeCtx, ds.Keys.IPAMConfig())
+		cancel()
 		if err == nil {
 			return nil
 		}
@@ -257,6 +264,12 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 // Ctl runs tabbyctl on a host against the lab's etcd and returns its output.
 func (c *Cluster) Ctl(ctx context.Context, host string, args ...string) (string, error) {
 	return c.ctlWithInput(ctx, host, nil, args...)
+}
+
+// NodeCtl runs tabbyctl on a host with that host's tabbyd status socket: the form of the
+// commands that talk to the local tabbyd (node status, node diagnose).
+func (c *Cluster) NodeCtl(ctx context.Context, host string, args ...string) (string, error) {
+	return c.Ctl(ctx, host, append([]string{"--socket", c.StatusSocket(host)}, args...)...)
 }
 
 func (c *Cluster) ctlWithInput(ctx context.Context, host string, stdin io.Reader, args ...string) (string, error) {

@@ -216,7 +216,8 @@ func routeLine(st *ClusterState, h RouteHost, dst netip.Prefix, pool *datastore.
 		}
 		return fmt.Sprintf("%s via %s dev %s proto %d onlink mtu %d", dst, tun.Addr(), vxlanDevice, proto, h.MTU-vxlanOverhead), nil
 	case vxlan == datastore.EncapCrossSubnet:
-		return fmt.Sprintf("%s via %s dev %s proto %d onlink", dst, nodeIP, h.NIC, proto), nil
+		// "as Direct" to a node on the link: no onlink flag, unlike IPIP CrossSubnet.
+		return fmt.Sprintf("%s via %s dev %s proto %d", dst, nodeIP, h.NIC, proto), nil
 	case ipip == datastore.EncapAlways || (ipip == datastore.EncapCrossSubnet && !same):
 		return fmt.Sprintf("%s via %s dev %s proto %d onlink mtu %d", dst, nodeIP, ipipDevice, proto, h.MTU-ipipOverhead), nil
 	case ipip == datastore.EncapCrossSubnet:

@@ -80,7 +80,7 @@ func TestExpectedRoutesPerMode(t *testing.T) {
 			own,
 		}},
 		{"vxlan-crosssubnet", datastore.EncapNever, datastore.EncapCrossSubnet, []string{
-			"192.168.133.192/26 via 10.30.0.56 dev eth0 proto 95 onlink",
+			"192.168.133.192/26 via 10.30.0.56 dev eth0 proto 95",
 			"192.168.97.192/26 via 192.168.97.192 dev vxlan.tabby proto 95 onlink mtu 1450",
 			own,
 		}},

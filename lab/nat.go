@@ -79,3 +79,12 @@ func cmdOutput(ctx context.Context, cmd *exec.Cmd) (string, error) {
 	err := runCtx(ctx, cmd)
 	return b.String(), err
 }
+
+// cmdOutputCombined runs a command under ctx and returns its standard output and error.
+func cmdOutputCombined(ctx context.Context, cmd *exec.Cmd) (string, error) {
+	var b strings.Builder
+	cmd.Stdout = &b
+	cmd.Stderr = &b
+	err := runCtx(ctx, cmd)
+	return b.String(), err
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,11 @@ func (o *options) cluster() *lab.Cluster {
 	return lab.NewArticlesCluster(o.prefix, dir, o.binDir, os.Stdout)
 }
 
+// exitCode ends tabbylab with a code and no message of its own (ctl passes tabbyctl's on).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
+
 // usageError marks errors in how the command was called (exit code 2).
 type usageError struct{ error }
 
@@ -44,6 +50,10 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	if err == nil {
 		return
+	}
+	var code exitCode
+	if errors.As(err, &code) {
+		os.Exit(int(code))
 	}
 	fmt.Fprintln(os.Stderr, "tabbylab:", err)
 	var ue usageError
@@ -170,7 +180,7 @@ func statusCmd(o *options) *cobra.Command {
 			if has {
 				fmt.Println("kernel: has ipip support")
 			} else {
-				fmt.Println("kernel: " + lab.NoIPIPMessage)
+				fmt.Println("kernel: no ipip support (the IP-in-IP modes cannot work here)")
 			}
 			return nil
 		},
@@ -461,6 +471,12 @@ func ctlCmd(o *options) *cobra.Command {
 		Short:              "run tabbyctl on a host against the lab's etcd and that host's tabbyd",
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// With flag parsing off, cobra hands over tabbylab's own flags too when they
+			// come before "ctl" (tabbylab --prefix x ctl ...): take those up to the host.
+			args, err := takeLeadingFlags(cmd, args)
+			if err != nil {
+				return usageError{err}
+			}
 			if len(args) < 1 {
 				return usageError{errors.New("ctl needs a host")}
 			}
@@ -468,12 +484,39 @@ func ctlCmd(o *options) *cobra.Command {
 			if _, ok := c.Topo.Host(args[0]); !ok {
 				return usageError{fmt.Errorf("unknown host %q", args[0])}
 			}
-			rest := append([]string{"--socket", c.StatusSocket(args[0])}, args[1:]...)
-			out, err := c.Ctl(cmd.Context(), args[0], rest...)
+			out, err := c.NodeCtl(cmd.Context(), args[0], args[1:]...)
 			fmt.Print(out)
+			// tabbyctl's exit code is the command's (node diagnose exits 1 when it finds a
+			// problem); its output, errors included, has been printed already.
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				return exitCode(exit.ExitCode())
+			}
 			return err
 		},
 	}
+}
+
+// takeLeadingFlags sets the --flag value / --flag=value arguments that precede the first
+// positional argument on cmd's flags (tabbylab's persistent ones) and returns the rest.
+func takeLeadingFlags(cmd *cobra.Command, args []string) ([]string, error) {
+	for len(args) > 0 && strings.HasPrefix(args[0], "--") {
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(args[0], "--"), "=")
+		if cmd.Flags().Lookup(name) == nil {
+			return nil, fmt.Errorf("unknown flag --%s before the host (tabbyctl's flags go after it)", name)
+		}
+		args = args[1:]
+		if !hasValue {
+			if len(args) == 0 {
+				return nil, fmt.Errorf("flag --%s needs a value", name)
+			}
+			value, args = args[0], args[1:]
+		}
+		if err := cmd.Flags().Set(name, value); err != nil {
+			return nil, fmt.Errorf("--%s: %w", name, err)
+		}
+	}
+	return args, nil
 }
 
 // etcdCmd is internal: `up` runs it inside the router's namespace so the lab's etcd is a
