@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -232,6 +233,29 @@ func runSpeakerHelper(cfgPath string) int {
 	return 0
 }
 
+// races counts the race detector's reports in a speaker's log: those whose racing
+// accesses involve tabby's code, and those entirely inside GoBGP. Only the accesses'
+// stacks count, not where their goroutines were created, and not the wrapper frame of
+// `go srv.Serve()`, which merely starts GoBGP's own loop.
+func races(log string) (ours, theirs int) {
+	reports := strings.Split(log, "WARNING: DATA RACE")
+	for _, r := range reports[1:] {
+		accesses, _, _ := strings.Cut(r, "created at:")
+		mine := false
+		for _, line := range strings.Split(accesses, "\n") {
+			if strings.Contains(line, "github.com/tabby-net/tabby") && !strings.Contains(line, ".gowrap") {
+				mine = true
+			}
+		}
+		if mine {
+			ours++
+		} else {
+			theirs++
+		}
+	}
+	return ours, theirs
+}
+
 // runRouting starts routing's kernel reconciler in the process's namespace and returns
 // the function that hands it a new desired state: routing.Desired over the latest snapshot
 // and learned routes, with the underlay read from the kernel.
@@ -330,6 +354,21 @@ func newSpeaker(t testing.TB, ns nettest.Netns, node string, snap *datastore.Sna
 			return d.DialContext(ctx, "unix", cfg.Control)
 		},
 	}}
+	// Registered before the process starts, so it runs after the process is killed: a
+	// race or a panic in the speaker fails the test, and a failing test shows the log.
+	t.Cleanup(func() {
+		log := s.log()
+		ours, theirs := races(log)
+		switch {
+		case ours > 0 || strings.Contains(log, "panic:"):
+			t.Errorf("speaker %s raced or panicked:\n%s", node, log)
+		case t.Failed():
+			t.Logf("speaker %s log:\n%s", node, log)
+		}
+		if theirs > 0 {
+			t.Logf("speaker %s: %d data race(s) inside GoBGP v3.37.0 itself (its watch goroutine reads paths the server marks stale), not in tabby", node, theirs)
+		}
+	})
 	s.start()
 	return s
 }
