@@ -27,13 +27,13 @@ for b in tabbylab tabbyd tabbyctl tabby-cni; do
 	}
 done
 
-lab() { "$BIN/tabbylab" --prefix "$PREFIX" "$@"; }
+tabbylab() { "$BIN/tabbylab" --prefix "$PREFIX" "$@"; }
 
 teardown() {
 	local rc=$?
 	trap - EXIT INT TERM
 	echo
-	if lab down >/dev/null 2>&1; then
+	if tabbylab down >/dev/null 2>&1; then
 		echo "lab $PREFIX torn down (no namespace, no process left)"
 	else
 		echo "demo: tearing the lab down failed: run \`$BIN/tabbylab --prefix $PREFIX down\`" >&2
@@ -47,7 +47,13 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-chapter() { printf '\n\033[1m==== %s\033[0m\n' "$*"; }
+# Bold chapter titles on a terminal only, so that a saved transcript stays plain text.
+if [[ -t 1 ]]; then
+	bold=$'\033[1m' plain=$'\033[0m'
+else
+	bold='' plain=''
+fi
+chapter() { printf '\n%s==== %s%s\n' "$bold" "$*" "$plain"; }
 say() { printf '%s\n' "$*"; }
 # show prints a command as a transcript line, then runs it; its failure fails the demo.
 show() {
@@ -70,7 +76,7 @@ wait_status() {
 	local want=$1 text=$2 timeout=$3 out
 	local deadline=$((SECONDS + timeout))
 	while ((SECONDS < deadline)); do
-		out=$(lab status 2>&1 || true)
+		out=$(tabbylab status 2>&1 || true)
 		if [[ $want == yes && $out == *"$text"* ]] || [[ $want == no && $out != *"$text"* ]]; then
 			return 0
 		fi
@@ -82,10 +88,10 @@ wait_status() {
 }
 
 # Leftovers of an earlier run (crashed or interrupted) go first.
-lab down >/dev/null
+tabbylab down >/dev/null
 
 has_ipip=yes
-lab has-ipip >/dev/null 2>&1 || has_ipip=no
+tabbylab has-ipip >/dev/null 2>&1 || has_ipip=no
 
 chapter "1. The articles' cluster: master, worker-1, worker-2 in 10.30.0.0/24, worker-3 in 10.30.1.0/24"
 say "One etcd (in the router's namespace) is the only shared state; every host runs tabbyd;"
@@ -98,86 +104,88 @@ else
 	say
 	say "this kernel has no ipip support: skipping the IP-in-IP modes (make test-vm runs them in a VM)"
 fi
-show lab up --mode "$first"
-show lab ctl master node status
-show lab ctl master ipam show --show-blocks
+show tabbylab up --mode "$first"
+show tabbylab ctl master node status
+show tabbylab ctl master ipam show --show-blocks
 
 if [[ $has_ipip == yes ]]; then
 	chapter "2. IP-in-IP (ipipMode: Always), Calico's default"
 	say "Every other node's block goes through tunl0 to that node's address."
-	show lab routes worker-1
-	show lab ping
+	show tabbylab routes worker-1
+	show tabbylab ping
 fi
 
 chapter "3. Direct (ipipMode: Never): unencapsulated"
-say "tabbyctl patch ippool default-ipv4-ippool -p '{\"spec\":{\"ipipMode\":\"Never\",\"vxlanMode\":\"Never\"}}'"
-show lab mode direct
+say "(tabbylab mode does what the articles do with calicoctl: tabbyctl patch ippool"
+say " default-ipv4-ippool -p '{\"spec\":{\"ipipMode\":\"Never\",\"vxlanMode\":\"Never\"}}', then waits"
+say " until every host's routes match the datastore.)"
+show tabbylab mode direct
 say "worker-2's block goes straight to worker-2; worker-3 is in the other subnet, so its"
 say "block goes to the gateway 10.30.0.1, which has never heard of it:"
-show lab routes worker-1
-show lab ping --expect-fail pod-3
+show tabbylab routes worker-1
+show tabbylab ping --expect-fail pod-3
 say "node diagnose on worker-1 finds out why:"
-show_problem lab ctl worker-1 node diagnose
+show_problem tabbylab ctl worker-1 node diagnose
 
 chapter "3a. The AWS source/destination check"
 say "EC2 drops packets whose source or destination is not an instance's address: in Direct"
 say "mode that is every pod packet, even inside one subnet."
-show lab fault srcdst-check on
-show lab ping --expect-fail pod-1,pod-2,pod-3
-show_problem lab ctl worker-1 node diagnose
-show lab fault srcdst-check off
+show tabbylab fault srcdst-check on
+show tabbylab ping --expect-fail pod-1,pod-2,pod-3
+show_problem tabbylab ctl worker-1 node diagnose
+show tabbylab fault srcdst-check off
 
 if [[ $has_ipip == yes ]]; then
 	chapter "4. Fix 1: CrossSubnet (ipipMode: CrossSubnet)"
 	say "Direct inside a subnet, IP-in-IP across: only worker-3's block goes through tunl0."
-	show lab mode crosssubnet
+	show tabbylab mode crosssubnet
 else
 	chapter "4. Fix 1: CrossSubnet, with VXLAN (vxlanMode: CrossSubnet) since this kernel has no ipip"
 	say "Direct inside a subnet, VXLAN across: only worker-3's block goes through vxlan.tabby."
-	show lab mode vxlan-crosssubnet
+	show tabbylab mode vxlan-crosssubnet
 fi
-show lab routes worker-1
-show lab ping
+show tabbylab routes worker-1
+show tabbylab ping
 
 chapter "5. Fix 2: Direct, and a router that learns the blocks over BGP"
 say "BIRD2 on the router peers with every host (BGPPeer resources, eBGP AS 64513); the hosts"
 say "advertise their blocks, so the router can forward pod packets between the subnets."
-show lab mode direct
-show lab bird on
-show lab bird show
-show lab ping
-show lab bird off
+show tabbylab mode direct
+show tabbylab bird on
+show tabbylab bird show
+show tabbylab ping
+show tabbylab bird off
 
 chapter "6. VXLAN (vxlanMode: Always)"
-show lab mode vxlan
-show lab routes worker-1
-show lab ping
+show tabbylab mode vxlan
+show tabbylab routes worker-1
+show tabbylab ping
 say
 say "A security group without UDP 4789:"
-show lab fault vxlan-port on
-show lab ping --expect-fail pod-1,pod-2,pod-3
-show_problem lab ctl worker-1 node diagnose
-show lab fault vxlan-port off
-show lab ping
+show tabbylab fault vxlan-port on
+show tabbylab ping --expect-fail pod-1,pod-2,pod-3
+show_problem tabbylab ctl worker-1 node diagnose
+show tabbylab fault vxlan-port off
+show tabbylab ping
 
 chapter "7. BGP's TCP 179 closed"
 say "The articles' calico-node turned unready with \"BGP not established with …\"; so does"
 say "tabbyd once the hold time (9s in the lab) passes without a keepalive:"
-show lab fault bgp-port on
+show tabbylab fault bgp-port on
 wait_status yes "BGP not established with" 90
-show lab status
-show lab ctl master node status
-show lab fault bgp-port off
+show tabbylab status
+show tabbylab ctl master node status
+show tabbylab fault bgp-port off
 wait_status no "NOT READY" 90
-show lab ctl master node status
+show tabbylab ctl master node status
 
 chapter "8. NAT outgoing"
 say "natOutgoing: true masquerades pod traffic leaving the pools, so the outside host, which"
 say "knows only the hosts' network, sees a host's address and can answer:"
-show lab ping --outside
-show lab nat off
+show tabbylab ping --outside
+show tabbylab nat off
 say "Without it the outside host sees the pod's own address and has no route back:"
-show lab ping --outside --expect-fail outside
-show lab nat on
+show tabbylab ping --outside --expect-fail outside
+show tabbylab nat on
 
 chapter "Done in ${SECONDS}s"
