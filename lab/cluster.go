@@ -174,6 +174,16 @@ func (c *Cluster) Up(ctx context.Context, mode Mode) (err error) {
 	return c.WaitRoutes(ctx, 60*time.Second)
 }
 
+// lastLogLine returns the last line of a process's log.
+func (c *Cluster) lastLogLine(name string) string {
+	b, err := os.ReadFile(c.logFile(name))
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
 // sayLogTails prints the last lines of every log of the lab, so that a failure can be
 // understood after Down has removed the state directory.
 func (c *Cluster) sayLogTails(lines int) {
@@ -426,6 +436,10 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 	for {
 		var notReady []string
 		for _, h := range c.Topo.Hosts {
+			// A tabbyd that exited will not become ready: say so now, with its last words.
+			if pid, err := readPID(c.pidFile("tabbyd-" + h.Name)); err == nil && pid > 0 && !pidRuns(pid, "") {
+				return fmt.Errorf("tabbyd on %s exited: %s", h.Name, c.lastLogLine("tabbyd-"+h.Name))
+			}
 			ok, body, err := c.Readiness(ctx, h.Name)
 			if err != nil || !ok {
 				notReady = append(notReady, fmt.Sprintf("%s: %s%v", h.Name, body, errOrEmpty(err)))
