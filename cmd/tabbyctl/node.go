@@ -20,6 +20,7 @@ const statusTimeout = 10 * time.Second
 func newNodeCmd(opts *globalOptions) *cobra.Command {
 	return newGroupCommand("node", "ask the local tabbyd about this node",
 		newNodeStatusCmd(opts),
+		newNodeDiagnoseCmd(opts),
 	)
 }
 
