@@ -225,9 +225,19 @@ func (c *Cluster) Down() error {
 	errs = append(errs, err)
 	inNS, err := procsInNamespaces(names)
 	errs = append(errs, err)
-	errs = append(errs, stopAll(append(pids, inNS...), 5*time.Second))
+	all := append(pids, inNS...)
+	errs = append(errs, stopAll(all, 5*time.Second))
 	errs = append(errs, c.Topo.Destroy())
 	errs = append(errs, os.RemoveAll(c.StateDir))
+	// Say so if anything survived, rather than claim a clean machine.
+	for _, pid := range all {
+		if pidRuns(pid, "") {
+			errs = append(errs, fmt.Errorf("process %d of the lab still runs", pid))
+		}
+	}
+	if left, err := listNamedNS(c.Topo.Prefix + "-"); err == nil && len(left) > 0 {
+		errs = append(errs, fmt.Errorf("namespaces left: %s", strings.Join(left, ", ")))
+	}
 	return errors.Join(errs...)
 }
 
