@@ -53,7 +53,11 @@ if [[ -t 1 ]]; then
 else
 	bold='' plain=''
 fi
-chapter() { printf '\n%s==== %s%s\n' "$bold" "$*" "$plain"; }
+chapters=0
+chapter() {
+	chapters=$((chapters + 1))
+	printf '\n%s==== %d. %s%s\n' "$bold" "$chapters" "$*" "$plain"
+}
 say() { printf '%s\n' "$*"; }
 # show prints a command as a transcript line, then runs it; its failure fails the demo.
 show() {
@@ -93,7 +97,7 @@ tabbylab down >/dev/null
 has_ipip=yes
 tabbylab has-ipip >/dev/null 2>&1 || has_ipip=no
 
-chapter "1. The articles' cluster: master, worker-1, worker-2 in 10.30.0.0/24, worker-3 in 10.30.1.0/24"
+chapter "The articles' cluster: master, worker-1, worker-2 in 10.30.0.0/24, worker-3 in 10.30.1.0/24"
 say "One etcd (in the router's namespace) is the only shared state; every host runs tabbyd;"
 say "pod-1..3 are plugged in by tabby-cni. The router forwards only what it has routes for,"
 say "as a VPC router does, and the outside host knows only the hosts' network."
@@ -109,13 +113,20 @@ show tabbylab ctl master node status
 show tabbylab ctl master ipam show --show-blocks
 
 if [[ $has_ipip == yes ]]; then
-	chapter "2. IP-in-IP (ipipMode: Always), Calico's default"
+	chapter "IP-in-IP (ipipMode: Always), Calico's default"
 	say "Every other node's block goes through tunl0 to that node's address."
 	show tabbylab routes worker-1
 	show tabbylab ping
+	say
+	say "AWS's security groups do not let IP protocol 4 through unless told to:"
+	show tabbylab fault ipip-proto on
+	show tabbylab ping --expect-fail pod-1,pod-2,pod-3
+	show_problem tabbylab ctl worker-1 node diagnose
+	show tabbylab fault ipip-proto off
+	show tabbylab ping
 fi
 
-chapter "3. Direct (ipipMode: Never): unencapsulated"
+chapter "Direct (ipipMode: Never): unencapsulated"
 say "(tabbylab mode does what the articles do with calicoctl: tabbyctl patch ippool"
 say " default-ipv4-ippool -p '{\"spec\":{\"ipipMode\":\"Never\",\"vxlanMode\":\"Never\"}}', then waits"
 say " until every host's routes match the datastore.)"
@@ -127,7 +138,7 @@ show tabbylab ping --expect-fail pod-3
 say "node diagnose on worker-1 finds out why:"
 show_problem tabbylab ctl worker-1 node diagnose
 
-chapter "3a. The AWS source/destination check"
+chapter "The AWS source/destination check"
 say "EC2 drops packets whose source or destination is not an instance's address: in Direct"
 say "mode that is every pod packet, even inside one subnet."
 show tabbylab fault srcdst-check on
@@ -136,18 +147,18 @@ show_problem tabbylab ctl worker-1 node diagnose
 show tabbylab fault srcdst-check off
 
 if [[ $has_ipip == yes ]]; then
-	chapter "4. Fix 1: CrossSubnet (ipipMode: CrossSubnet)"
+	chapter "Fix 1: CrossSubnet (ipipMode: CrossSubnet)"
 	say "Direct inside a subnet, IP-in-IP across: only worker-3's block goes through tunl0."
 	show tabbylab mode crosssubnet
 else
-	chapter "4. Fix 1: CrossSubnet, with VXLAN (vxlanMode: CrossSubnet) since this kernel has no ipip"
+	chapter "Fix 1: CrossSubnet, with VXLAN (vxlanMode: CrossSubnet) since this kernel has no ipip"
 	say "Direct inside a subnet, VXLAN across: only worker-3's block goes through vxlan.tabby."
 	show tabbylab mode vxlan-crosssubnet
 fi
 show tabbylab routes worker-1
 show tabbylab ping
 
-chapter "5. Fix 2: Direct, and a router that learns the blocks over BGP"
+chapter "Fix 2: Direct, and a router that learns the blocks over BGP"
 say "BIRD2 on the router peers with every host (BGPPeer resources, eBGP AS 64513); the hosts"
 say "advertise their blocks, so the router can forward pod packets between the subnets."
 show tabbylab mode direct
@@ -156,7 +167,7 @@ show tabbylab bird show
 show tabbylab ping
 show tabbylab bird off
 
-chapter "6. VXLAN (vxlanMode: Always)"
+chapter "VXLAN (vxlanMode: Always)"
 show tabbylab mode vxlan
 show tabbylab routes worker-1
 show tabbylab ping
@@ -167,8 +178,15 @@ show tabbylab ping --expect-fail pod-1,pod-2,pod-3
 show_problem tabbylab ctl worker-1 node diagnose
 show tabbylab fault vxlan-port off
 show tabbylab ping
+say
+say "A fabric that carries smaller frames than the hosts' NICs claim: small pings pass,"
+say "full-size packets vanish without an ICMP error."
+show tabbylab fault mtu on
+show tabbylab ping
+show_problem tabbylab ctl worker-1 node diagnose --probe-timeout 1s
+show tabbylab fault mtu off
 
-chapter "7. BGP's TCP 179 closed"
+chapter "BGP's TCP 179 closed"
 say "The articles' calico-node turned unready with \"BGP not established with …\"; so does"
 say "tabbyd once the hold time (9s in the lab) passes without a keepalive:"
 show tabbylab fault bgp-port on
@@ -179,7 +197,7 @@ show tabbylab fault bgp-port off
 wait_status no "NOT READY" 90
 show tabbylab ctl master node status
 
-chapter "8. NAT outgoing"
+chapter "NAT outgoing"
 say "natOutgoing: true masquerades pod traffic leaving the pools, so the outside host, which"
 say "knows only the hosts' network, sees a host's address and can answer:"
 show tabbylab ping --outside
@@ -188,4 +206,4 @@ say "Without it the outside host sees the pod's own address and has no route bac
 show tabbylab ping --outside --expect-fail outside
 show tabbylab nat on
 
-chapter "Done in ${SECONDS}s"
+printf '\n%s==== Done in %ds%s\n' "$bold" "$SECONDS" "$plain"
