@@ -47,7 +47,7 @@ func cleanup(ctx context.Context, nl netlinker, protocol int) (CleanupReport, er
 		if i%ctxCheckEvery == 0 && ctx.Err() != nil {
 			return rep, ctx.Err()
 		}
-		del := &netlink.Route{Dst: r.Dst, Priority: r.Priority, Table: r.Table, Protocol: r.Protocol, Tos: r.Tos}
+		del := &netlink.Route{Dst: r.Dst, Priority: r.Priority, Table: r.Table, Protocol: r.Protocol, Tos: r.Tos, Scope: netlink.SCOPE_NOWHERE}
 		if err := nl.RouteDel(del); err != nil && !isGone(err) {
 			return rep, fmt.Errorf("delete route %s: %w", r.Dst, err)
 		}

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"net"
@@ -65,7 +66,7 @@ type desiredBuilder struct {
 	state     State
 	routes    map[netip.Prefix]Route
 	neighbors map[netip.Addr]Neighbor
-	fdb       map[string]FDBEntry // by MAC text
+	fdb       map[string]FDBEntry // by MAC bytes
 
 	problems map[string]bool
 	skipped  map[string]int // routes not installed, by reason
@@ -96,7 +97,7 @@ func Desired(snap *datastore.Snapshot, local Local, learned []LearnedRoute) Stat
 	b := &desiredBuilder{
 		snap:      snap,
 		local:     local,
-		routes:    map[netip.Prefix]Route{},
+		routes:    make(map[netip.Prefix]Route, len(snap.Blocks)+len(learned)),
 		neighbors: map[netip.Addr]Neighbor{},
 		fdb:       map[string]FDBEntry{},
 		problems:  map[string]bool{},
@@ -240,7 +241,8 @@ func minus(mtu, overhead int) int {
 
 // blocks adds the route of every confirmed block and the /32 of every borrowed address.
 func (b *desiredBuilder) blocks() {
-	cidrs := slices.SortedFunc(maps.Keys(b.snap.Blocks), comparePrefix)
+	cidrs := slices.AppendSeq(make([]netip.Prefix, 0, len(b.snap.Blocks)), maps.Keys(b.snap.Blocks))
+	slices.SortFunc(cidrs, comparePrefix)
 	for _, cidr := range cidrs {
 		blk := b.snap.Blocks[cidr]
 		if blk.Deleted || !cidr.Addr().Is4() {
@@ -356,16 +358,16 @@ func (b *desiredBuilder) vxlanRoute(dst netip.Prefix, n *datastore.Node, node st
 		b.skip("node %q has no VXLAN tunnel address or VTEP MAC", node)
 		return
 	}
-	if prev, ok := b.fdb[mac.String()]; ok && prev.Dst != nodeIP {
+	if prev, ok := b.fdb[string(mac)]; ok && prev.Dst != nodeIP {
 		b.skip("VTEP MAC %s is claimed by two nodes (%s and %q)", mac, prev.Dst, node)
 		return
 	}
-	if prev, ok := b.neighbors[tunIP]; ok && prev.MAC.String() != mac.String() {
+	if prev, ok := b.neighbors[tunIP]; ok && !bytes.Equal(prev.MAC, mac) {
 		b.skip("VXLAN tunnel address %s is claimed by two nodes", tunIP)
 		return
 	}
 	b.neighbors[tunIP] = Neighbor{IP: tunIP, MAC: mac}
-	b.fdb[mac.String()] = FDBEntry{MAC: mac, Dst: nodeIP}
+	b.fdb[string(mac)] = FDBEntry{MAC: mac, Dst: nodeIP}
 	b.routes[dst] = Route{Dst: dst, Gateway: tunIP, Dev: DeviceVXLAN, OnLink: true, MTU: b.state.VXLAN.MTU, Kind: KindVXLAN}
 }
 
@@ -426,9 +428,9 @@ func (b *desiredBuilder) learned(learned []LearnedRoute) {
 
 func (b *desiredBuilder) finish() State {
 	s := b.state
-	s.Routes = slices.Collect(maps.Values(b.routes))
-	s.Neighbors = slices.Collect(maps.Values(b.neighbors))
-	s.FDB = slices.Collect(maps.Values(b.fdb))
+	s.Routes = slices.AppendSeq(make([]Route, 0, len(b.routes)), maps.Values(b.routes))
+	s.Neighbors = slices.AppendSeq(make([]Neighbor, 0, len(b.neighbors)), maps.Values(b.neighbors))
+	s.FDB = slices.AppendSeq(make([]FDBEntry, 0, len(b.fdb)), maps.Values(b.fdb))
 	for p := range b.problems {
 		s.Problems = append(s.Problems, p)
 	}

@@ -11,8 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func parseMAC(s string) (net.HardwareAddr, error) { return net.ParseMAC(s) }
-
 // ensureDevices brings tunl0 and vxlan.tabby to the desired configuration when the record
 // cannot vouch for them (first pass, full resync, a link event, a changed wish). A kernel
 // without the driver is reported once per full resync, and the rest is programmed anyway.

@@ -14,7 +14,7 @@ import (
 // reconciler's own changes; those match the record and cost nothing. Anything else that
 // touches a route of tabby's (someone deleted or rewrote it) or a prefix tabby wants
 // schedules a repair.
-func (k *Kernel) handleRoute(sch *schedule, u netlink.RouteUpdate) {
+func (k *Kernel) handleRoute(u netlink.RouteUpdate) {
 	if u.Table != unix.RT_TABLE_MAIN {
 		return
 	}
@@ -33,14 +33,16 @@ func (k *Kernel) handleRoute(sch *schedule, u netlink.RouteUpdate) {
 			if _, ok := k.rec.conflicts[key]; ok {
 				// The route that held a wanted prefix is gone: tabby's can go in.
 				delete(k.rec.conflicts, key)
-				k.askRepair(sch, now)
+				k.routeDirty.mark(key)
+				k.askRepair(now)
 			}
 		case unix.RTM_NEWROUTE:
 			if _, ours := k.rec.routes[key]; ours && u.NlFlags&unix.NLM_F_REPLACE != 0 {
 				// Someone replaced tabby's route with their own: theirs stays.
-				delete(k.rec.routes, key)
+				k.rec.delRoute(key)
 				k.rec.conflicts[key] = int(u.Protocol)
-				k.askRepair(sch, now)
+				k.routeDirty.mark(key)
+				k.askRepair(now)
 			}
 		}
 		return
@@ -49,15 +51,17 @@ func (k *Kernel) handleRoute(sch *schedule, u netlink.RouteUpdate) {
 	switch u.Type {
 	case unix.RTM_DELROUTE:
 		if known && sameNextHop(have.kr, kr) {
-			delete(k.rec.routes, key)
-			k.askRepair(sch, now)
+			k.rec.delRoute(key)
+			k.routeDirty.mark(key)
+			k.askRepair(now)
 		}
 	case unix.RTM_NEWROUTE:
 		if known && have.kr == kr {
 			return // the echo of our own change
 		}
-		k.rec.routes[key] = installed{kr: kr, kind: have.kind, adopted: !known || have.adopted}
-		k.askRepair(sch, now)
+		k.rec.putRoute(key, installed{kr: kr, kind: have.kind, adopted: !known || have.adopted})
+		k.routeDirty.mark(key)
+		k.askRepair(now)
 	}
 }
 
@@ -79,7 +83,7 @@ func (k *Kernel) inPools(p netip.Prefix) bool {
 // NIC, any device a route names). IPv4 silently drops the routes of a device that goes down
 // or away, so anything but the echo of tabby's own settings leads to a full resync, which
 // reads the table again and re-adds what is missing.
-func (k *Kernel) handleLink(sch *schedule, u netlink.LinkUpdate) {
+func (k *Kernel) handleLink(u netlink.LinkUpdate) {
 	a := u.Link.Attrs()
 	if a == nil {
 		return
@@ -115,18 +119,18 @@ func (k *Kernel) handleLink(sch *schedule, u netlink.LinkUpdate) {
 			dev.ok = false
 		}
 		if isCached && cached == a.Index {
-			delete(k.rec.links, a.Name)
+			k.rec.dropLink(a.Name)
 		}
 		k.forgetLink(a.Index)
 		k.signalUnderlay()
-		k.askRepair(sch, time.Now())
+		k.askRepair(time.Now())
 		return
 	}
 	// Down, or changed: IPv4 has dropped the device's routes if it went down, but this
 	// notification may be the late echo of tabby's own creation of the device, so only a
 	// fresh dump can tell what is missing.
 	k.signalUnderlay()
-	k.askFull(sch, time.Now())
+	k.askFull(time.Now())
 }
 
 // linkCached reports whether a device with this index is one whose index routes use.

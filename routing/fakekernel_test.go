@@ -261,7 +261,7 @@ func (fk *fakeKernel) sortedRoutes() []netlink.Route {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b routeKey) int {
-		if c := comparePrefix(a.dst, b.dst); c != 0 {
+		if c := comparePrefix(a.prefix(), b.prefix()); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.metric, b.metric)
@@ -561,7 +561,7 @@ func (fk *fakeKernel) externalRouteDel(dst string) bool {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
 	for k, r := range fk.routes {
-		if k.dst.String() == dst {
+		if k.prefix().String() == dst {
 			delete(fk.routes, k)
 			fk.notifyRoute(unix.RTM_DELROUTE, 0, r)
 			return true

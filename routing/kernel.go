@@ -114,13 +114,24 @@ type Kernel struct {
 	idle atomic.Bool
 
 	// Owned by the Run goroutine.
+	sch        schedule
+	subs       subscriptions
 	rec        *record
-	isSynced   bool
-	lastFull   time.Time
-	lastRepair time.Time
-	passes     uint64
-	fullSyncs  uint64
-	pools      []netip.Prefix // of the state being applied: their routes are not underlay
+	want       compiled // the desired state being applied, in kernel terms
+	routeDirty dirty[routeKey]
+	neighDirty dirty[netip.Addr]
+	fdbDirty   dirty[string]
+	pend       pending
+	// installedWanted counts, in an all-dirty pass, the wanted routes found or put in the
+	// kernel; when it equals the record's size there is nothing to delete.
+	installedWanted int
+	req             request // the netlink request every route write reuses
+	isSynced        bool
+	lastFull        time.Time
+	lastRepair      time.Time
+	passes          uint64
+	fullSyncs       uint64
+	pools           []netip.Prefix // of the state being applied: their routes are not underlay
 
 	// onPass, when set (tests, benchmarks), is called by Run after every pass.
 	onPass func(passReport)
@@ -248,6 +259,86 @@ func earliest(ts ...time.Time) time.Time {
 
 func due(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
 
+// subscriptions are the live kernel event subscriptions; a nil channel is not subscribed.
+// Route and link events are separate so that route events can be paused during a bulk
+// pass while link events keep flowing.
+type subscriptions struct {
+	routeDone chan struct{}
+	routeCh   <-chan netlink.RouteUpdate
+	linkDone  chan struct{}
+	linkCh    <-chan netlink.LinkUpdate
+}
+
+// subscribe opens the subscriptions that are not open. On failure it retries later; until
+// then the periodic resync is the safety net.
+func (k *Kernel) subscribe() {
+	var err error
+	if k.subs.linkCh == nil {
+		done := make(chan struct{})
+		if k.subs.linkCh, err = k.events.subscribeLinks(done); err != nil {
+			close(done)
+		} else {
+			k.subs.linkDone = done
+		}
+	}
+	if err == nil && k.subs.routeCh == nil {
+		done := make(chan struct{})
+		if k.subs.routeCh, err = k.events.subscribeRoutes(done); err != nil {
+			close(done)
+		} else {
+			k.subs.routeDone = done
+		}
+	}
+	if err != nil {
+		k.log.Warn("cannot subscribe to kernel events; relying on periodic resyncs until it works", "err", err)
+		k.sch.resubAt = time.Now().Add(resubscribeDelay)
+		return
+	}
+	k.sch.resubAt = time.Time{}
+}
+
+func (k *Kernel) dropRouteEvents() {
+	if k.subs.routeDone != nil {
+		close(k.subs.routeDone)
+	}
+	k.subs.routeDone, k.subs.routeCh = nil, nil
+}
+
+func (k *Kernel) dropLinkEvents() {
+	if k.subs.linkDone != nil {
+		close(k.subs.linkDone)
+	}
+	k.subs.linkDone, k.subs.linkCh = nil, nil
+}
+
+// lost is called when a subscription died (the socket overflowed): events were lost, so
+// the record may be wrong. Subscribe again and resync in full.
+func (k *Kernel) lost() {
+	k.log.Info("kernel event subscription lost (events dropped); resubscribing and resyncing")
+	k.dropRouteEvents()
+	k.dropLinkEvents()
+	now := time.Now()
+	k.sch.resubAt = now.Add(resubscribeDelay)
+	k.askFull(now)
+}
+
+// bulkWrites is the number of route writes in one pass after which the pass stops
+// listening to route events: they would only be the echo of its own writes, and their
+// delivery costs the kernel about as much again as the writes. The subscription is renewed
+// right after the pass, followed by a full resync that reads the table once instead.
+const bulkWrites = 256
+
+// pauseRouteEvents is called by a pass that has made bulkWrites route writes.
+func (k *Kernel) pauseRouteEvents() {
+	if k.subs.routeCh == nil {
+		return
+	}
+	k.dropRouteEvents()
+	now := time.Now()
+	k.sch.resubAt = now
+	k.askFull(now)
+}
+
 // Run is the reconciler's one goroutine: it returns (nil) when ctx is done. It subscribes
 // to route and link events, seeds its record from the kernel on the first pass (adopting
 // the routes of a previous run rather than flushing them), and from then on applies every
@@ -257,65 +348,25 @@ func (k *Kernel) Run(ctx context.Context) error {
 	if !k.running.CompareAndSwap(false, true) {
 		return errors.New("routing: Kernel.Run called twice")
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	var (
-		routeCh <-chan netlink.RouteUpdate
-		linkCh  <-chan netlink.LinkUpdate
-		subDone chan struct{}
-	)
-	sch := schedule{fullAt: time.Now(), backoff: minBackoff}
-	subscribe := func() {
-		if subDone != nil {
-			close(subDone)
-		}
-		subDone = make(chan struct{})
-		var err error
-		routeCh, err = k.events.subscribeRoutes(subDone)
-		if err == nil {
-			linkCh, err = k.events.subscribeLinks(subDone)
-		}
-		if err != nil {
-			k.log.Warn("cannot subscribe to kernel events; relying on periodic resyncs until it works", "err", err)
-			close(subDone)
-			subDone, routeCh, linkCh = nil, nil, nil
-			sch.resubAt = time.Now().Add(resubscribeDelay)
-			return
-		}
-		sch.resubAt = time.Time{}
-	}
-	subscribe()
-	defer func() {
-		if subDone != nil {
-			close(subDone)
-		}
-	}()
-	// lost is called when a subscription died: events were lost, so the record may be
-	// wrong; subscribe again and resync in full.
-	lost := func() {
-		k.log.Info("kernel event subscription lost (events dropped); resubscribing and resyncing")
-		if subDone != nil {
-			close(subDone)
-		}
-		subDone, routeCh, linkCh = nil, nil, nil
-		sch.resubAt = time.Now().Add(resubscribeDelay)
-		k.askFull(&sch, time.Now())
-	}
+	k.sch = schedule{fullAt: time.Now(), backoff: minBackoff}
+	k.subscribe()
+	defer k.dropRouteEvents()
+	defer k.dropLinkEvents()
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		now := time.Now()
-		if due(sch.resubAt, now) {
-			subscribe()
+		if due(k.sch.resubAt, now) {
+			k.subscribe()
 		}
+		sch := &k.sch
 		want, version := k.desired()
 		if want != nil && (version != sch.applied || due(sch.repairAt, now) || due(sch.retryAt, now) || due(sch.fullAt, now)) {
 			// Take in what the kernel told us since the last pass, so that the pass works
 			// from the freshest record.
-			k.drain(&sch, &routeCh, &linkCh, lost)
-			k.runPass(ctx, &sch, want, version)
+			k.drain()
+			k.runPass(ctx, want, version)
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -323,7 +374,7 @@ func (k *Kernel) Run(ctx context.Context) error {
 		}
 
 		k.idle.Store(want != nil && version == sch.applied && sch.repairAt.IsZero() && sch.retryAt.IsZero() &&
-			!sch.fullSoon && sch.resubAt.IsZero() && len(routeCh) == 0 && len(linkCh) == 0)
+			!sch.fullSoon && sch.resubAt.IsZero() && len(k.subs.routeCh) == 0 && len(k.subs.linkCh) == 0)
 		next := earliest(sch.resubAt)
 		if want != nil {
 			next = earliest(sch.repairAt, sch.retryAt, sch.fullAt, sch.resubAt)
@@ -339,18 +390,18 @@ func (k *Kernel) Run(ctx context.Context) error {
 		case <-k.wake:
 			k.idle.Store(false)
 		case <-timer.C:
-		case u, ok := <-routeCh:
+		case u, ok := <-k.subs.routeCh:
 			if !ok {
-				lost()
+				k.lost()
 				break
 			}
-			k.handleRoute(&sch, u)
-		case u, ok := <-linkCh:
+			k.handleRoute(u)
+		case u, ok := <-k.subs.linkCh:
 			if !ok {
-				lost()
+				k.lost()
 				break
 			}
-			k.handleLink(&sch, u)
+			k.handleLink(u)
 		}
 		if !timer.Stop() {
 			select {
@@ -362,21 +413,21 @@ func (k *Kernel) Run(ctx context.Context) error {
 }
 
 // drain handles the events already queued.
-func (k *Kernel) drain(sch *schedule, routeCh *<-chan netlink.RouteUpdate, linkCh *<-chan netlink.LinkUpdate, lost func()) {
+func (k *Kernel) drain() {
 	for {
 		select {
-		case u, ok := <-*routeCh:
+		case u, ok := <-k.subs.routeCh:
 			if !ok {
-				lost()
+				k.lost()
 				return
 			}
-			k.handleRoute(sch, u)
-		case u, ok := <-*linkCh:
+			k.handleRoute(u)
+		case u, ok := <-k.subs.linkCh:
 			if !ok {
-				lost()
+				k.lost()
 				return
 			}
-			k.handleLink(sch, u)
+			k.handleLink(u)
 		default:
 			return
 		}
@@ -384,25 +435,26 @@ func (k *Kernel) drain(sch *schedule, routeCh *<-chan netlink.RouteUpdate, linkC
 }
 
 // askRepair schedules an event-driven repair, no sooner than RepairInterval after the last.
-func (k *Kernel) askRepair(sch *schedule, now time.Time) {
+func (k *Kernel) askRepair(now time.Time) {
 	at := now
 	if next := k.lastRepair.Add(k.repairGap); next.After(at) {
 		at = next
 	}
-	sch.repairAt = earliest(sch.repairAt, at)
+	k.sch.repairAt = earliest(k.sch.repairAt, at)
 }
 
 // askFull schedules a full resync, no sooner than resyncGap after the last.
-func (k *Kernel) askFull(sch *schedule, now time.Time) {
+func (k *Kernel) askFull(now time.Time) {
 	at := now
 	if next := k.lastFull.Add(k.resyncGap); next.After(at) {
 		at = next
 	}
-	sch.fullAt = earliest(sch.fullAt, at)
-	sch.fullSoon = true
+	k.sch.fullAt = earliest(k.sch.fullAt, at)
+	k.sch.fullSoon = true
 }
 
-func (k *Kernel) runPass(ctx context.Context, sch *schedule, want *State, version uint64) {
+func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
+	sch := &k.sch
 	now := time.Now()
 	full := due(sch.fullAt, now)
 	repair := due(sch.repairAt, now)
@@ -454,20 +506,17 @@ func (k *Kernel) runPass(ctx context.Context, sch *schedule, want *State, versio
 // publish copies the loop's view into the status snapshot.
 func (k *Kernel) publish(rep passReport, at time.Time) {
 	routes := map[RouteKind]int{}
-	adopted := 0
-	for _, r := range k.rec.routes {
-		if r.adopted {
-			adopted++
-			continue
+	for i, n := range k.rec.kinds {
+		if n > 0 {
+			routes[routeKinds[i]] = n
 		}
-		routes[r.kind]++
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	st := &k.status
 	st.Synced = k.isSynced
 	st.Routes = routes
-	st.Adopted = adopted
+	st.Adopted = k.rec.adopted
 	st.Wanted = rep.wanted
 	st.Neighbors = len(k.rec.neighs)
 	st.FDB = len(k.rec.fdb)

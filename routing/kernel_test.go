@@ -256,7 +256,7 @@ func interfere(rng *rand.Rand, fk *fakeKernel) {
 		var ours []string
 		for key, r := range fk.routes {
 			if int(r.Protocol) == DefaultProtocol {
-				ours = append(ours, key.dst.String())
+				ours = append(ours, key.prefix().String())
 			}
 		}
 		fk.mu.Unlock()
@@ -637,4 +637,28 @@ func TestErrNoIPIPText(t *testing.T) {
 	if !isUnsupportedKind(unix.EOPNOTSUPP) || !isUnsupportedKind(errors.New("operation not supported")) || isUnsupportedKind(unix.EEXIST) {
 		t.Error("isUnsupportedKind misclassifies")
 	}
+}
+
+// TestKernelUnsortedState: a state not in Desired's sorted form (reversed, with a duplicate)
+// is compiled in full rather than merged, and still converges, deleting what the previous
+// state had; so does the sorted state after it.
+func TestKernelUnsortedState(t *testing.T) {
+	fk := newFakeKernel().withIPIPFallback()
+	k := runKernel(t, fk, KernelOptions{})
+	states := transitionStates(t, fk)
+	vx := states["vxlan"]
+	reversed := vx
+	reversed.Routes = slices.Clone(vx.Routes)
+	slices.Reverse(reversed.Routes)
+	reversed.Routes = append(reversed.Routes, reversed.Routes[1])
+	reversed.Neighbors = slices.Clone(vx.Neighbors)
+	slices.Reverse(reversed.Neighbors)
+	k.Set(states["vxlan-grown"])
+	settle(t, k)
+	k.Set(reversed)
+	settle(t, k)
+	checkGolden(t, "vxlan", fk.String())
+	k.Set(states["vxlan-crosssubnet"])
+	settle(t, k)
+	checkGolden(t, "vxlan-crosssubnet", fk.String())
 }

@@ -1,9 +1,11 @@
 package routing
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -41,16 +43,67 @@ type wantRoute struct {
 	kind RouteKind
 }
 
+// linkSig captures every device index compiled routes depend on. When it changes, the
+// desired routes are compiled again in full.
+type linkSig struct {
+	ipipOK, ipipUnsupported   bool
+	ipipIndex                 int
+	vxlanOK, vxlanUnsupported bool
+	vxlanIndex                int
+	linksGen                  uint64
+}
+
+func (k *Kernel) linkSig() linkSig {
+	return linkSig{
+		ipipOK: k.rec.ipip.ok, ipipUnsupported: k.rec.ipip.unsupported, ipipIndex: k.rec.ipip.index,
+		vxlanOK: k.rec.vxlan.ok, vxlanUnsupported: k.rec.vxlan.unsupported, vxlanIndex: k.rec.vxlan.index,
+		linksGen: k.rec.linksGen,
+	}
+}
+
+// compiled is the desired state in kernel terms, kept from pass to pass so that a new
+// desired state costs a merge of two sorted lists plus work for what changed, not a
+// rebuild of every map.
+type compiled struct {
+	from   *State
+	sorted bool // from is in Desired's sorted form, so it can be merged with the next
+	sig    linkSig
+	retry  bool // a device lookup failed: compile in full next time
+	routes map[routeKey]wantRoute
+	// keep holds desired routes that cannot be installed now (their device is missing or
+	// unsupported), with the device: whatever the kernel has for them is not deleted.
+	keep   map[routeKey]string
+	neighs map[netip.Addr]string // tunnel address → MAC bytes
+	fdb    map[string]netip.Addr // MAC bytes → underlay address
+}
+
+// dirty is the set of keys that may differ between the desired state and the record;
+// all means every key.
+type dirty[K comparable] struct {
+	all  bool
+	keys map[K]struct{}
+}
+
+func (d *dirty[K]) mark(k K) {
+	if d.keys == nil {
+		d.keys = map[K]struct{}{}
+	}
+	d.keys[k] = struct{}{}
+}
+
 // ctxCheckEvery is how many netlink requests a long loop makes between looks at its context.
 const ctxCheckEvery = 1024
 
 // pass makes one attempt to bring the kernel to want. The order is SPEC §5's: devices, then
 // neighbours, FDB entries and routes are added, and only then is anything deleted (routes,
 // then FDB entries, then neighbours, then devices). The record follows every successful
-// operation, so after a partial failure it is the state really reached.
+// operation, so after a partial failure it is the state really reached. Only keys that may
+// differ are visited, unless the pass is full.
 func (k *Kernel) pass(ctx context.Context, want *State, full bool) passReport {
 	rep := passReport{full: full, wanted: len(want.Routes), tunl0Wanted: want.Tunl0 != nil, vxlanWanted: want.VXLAN != nil}
 	k.pools = want.Pools
+	k.pend.reset()
+	k.installedWanted = 0
 	if full {
 		if err := k.resyncRoutes(want); err != nil {
 			rep.fail(err)
@@ -62,18 +115,19 @@ func (k *Kernel) pass(ctx context.Context, want *State, full bool) passReport {
 			rep.fail(err)
 		}
 	}
-	wanted, keep := k.compile(&rep, want)
+	k.compile(&rep, want)
 	k.addNeighbors(&rep, want)
-	k.addRoutes(ctx, &rep, wanted)
+	k.addRoutes(ctx, &rep)
 	if ctx.Err() != nil {
 		return rep
 	}
 	// Leftovers of a previous run are swept only once everything wanted is in place.
 	sweep := k.isSynced || rep.failures == 0
-	k.deleteRoutes(ctx, &rep, wanted, keep, sweep)
+	k.deleteRoutes(ctx, &rep, sweep)
 	k.deleteNeighbors(&rep, want, sweep)
 	k.removeDevices(&rep, want, full)
-	k.reportConflicts(&rep, wanted)
+	k.settle()
+	k.reportProblems(&rep)
 	slices.Sort(rep.problems)
 	return rep
 }
@@ -97,7 +151,7 @@ func (k *Kernel) resyncRoutes(want *State) error {
 		}
 		key := kr.key()
 		if int(nr.Protocol) != k.proto {
-			if key.metric == 0 && wantedDst[key.dst] {
+			if key.metric == 0 && wantedDst[key.prefix()] {
 				conflicts[key] = int(nr.Protocol)
 			}
 			return true
@@ -112,12 +166,13 @@ func (k *Kernel) resyncRoutes(want *State) error {
 	if err != nil {
 		return fmt.Errorf("list the main routing table: %w", err)
 	}
-	k.rec.routes = routes
+	k.rec.setRoutes(routes)
 	k.rec.conflicts = conflicts
+	k.routeDirty.all = true
 	// Devices and link indexes are verified again by this pass.
 	k.rec.ipip.ok, k.rec.ipip.unsupported = false, false
 	k.rec.vxlan.ok, k.rec.vxlan.unsupported = false, false
-	clear(k.rec.links)
+	k.rec.dropLinks()
 	return nil
 }
 
@@ -135,7 +190,7 @@ func (k *Kernel) resyncNeighbors() error {
 		for _, n := range list {
 			ip, ok := netip.AddrFromSlice(n.IP)
 			if ok && n.State&netlink.NUD_PERMANENT != 0 && len(n.HardwareAddr) == 6 {
-				neighs[ip.Unmap()] = n.HardwareAddr.String()
+				neighs[ip.Unmap()] = string(n.HardwareAddr)
 			}
 		}
 		list, err = k.nl.NeighList(idx, unix.AF_BRIDGE)
@@ -145,11 +200,12 @@ func (k *Kernel) resyncNeighbors() error {
 		for _, n := range list {
 			ip, ok := netip.AddrFromSlice(n.IP)
 			if ok && len(n.HardwareAddr) == 6 {
-				fdb[n.HardwareAddr.String()] = ip.Unmap()
+				fdb[string(n.HardwareAddr)] = ip.Unmap()
 			}
 		}
 	}
 	k.rec.neighs, k.rec.fdb = neighs, fdb
+	k.neighDirty.all, k.fdbDirty.all = true, true
 	return nil
 }
 
@@ -186,76 +242,199 @@ func (k *Kernel) devIndex(name string) (int, error) {
 	return link.Attrs().Index, nil
 }
 
-// compile resolves the desired routes to kernel terms. keep holds the keys of desired
-// routes that cannot be installed now (their device is missing or unsupported): whatever
-// the kernel holds for them is not deleted.
-func (k *Kernel) compile(rep *passReport, want *State) (map[routeKey]wantRoute, map[routeKey]bool) {
-	wanted := make(map[routeKey]wantRoute, len(want.Routes))
-	keep := map[routeKey]bool{}
-	unsupported := map[error]int{}
-	var devErrs []string
-	for _, r := range want.Routes {
-		kr := kroute{dst: r.Dst, blackhole: r.Blackhole, gw: r.Gateway, onlink: r.OnLink, mtu: r.MTU}
-		if !r.Blackhole && r.Dev != "" {
-			idx, err := k.devIndex(r.Dev)
-			if err != nil {
-				keep[kr.key()] = true
-				switch {
-				case errors.Is(err, ErrNoIPIP) || errors.Is(err, ErrNoVXLAN):
-					unsupported[err]++
-				case !slices.Contains(devErrs, r.Dev):
-					devErrs = append(devErrs, r.Dev)
-					rep.fail(fmt.Errorf("routes via %s: %w", r.Dev, err))
-				}
-				continue
-			}
-			kr.link = idx
-		}
-		wanted[kr.key()] = wantRoute{kr: kr, kind: r.Kind}
+// compile brings k.want to the desired state: in full when the devices routes depend on
+// changed (or the state is not in Desired's sorted form), else by merging the previous
+// desired lists with the new ones and marking what changed dirty.
+func (k *Kernel) compile(rep *passReport, want *State) {
+	w := &k.want
+	sig := k.linkSig()
+	if w.from == want && w.sig == sig && !w.retry {
+		return
 	}
-	for err, n := range unsupported {
-		dev := DeviceIPIP
-		if errors.Is(err, ErrNoVXLAN) {
-			dev = DeviceVXLAN
-		}
-		rep.problem("%v: %s via %s not installed", err, plural(n, "route"), dev)
+	sorted := sortedState(want)
+	if w.from != nil && w.sorted && sorted && w.sig == sig && !w.retry {
+		k.compileDelta(rep, w.from, want)
+	} else {
+		k.compileAll(rep, want)
 	}
-	return wanted, keep
+	w.from, w.sig, w.sorted = want, sig, sorted
 }
 
-// addNeighbors writes the neighbour, then the FDB entry, of every remote VTEP, before any
-// route through vxlan.tabby needs them.
+// sortedState reports whether a state's lists are sorted by key without duplicates, as
+// Desired makes them; only such states can be merged.
+func sortedState(s *State) bool {
+	return sortedUnique(s.Routes, func(r Route) netip.Prefix { return r.Dst }, comparePrefix) &&
+		sortedUnique(s.Neighbors, func(n Neighbor) netip.Addr { return n.IP }, netip.Addr.Compare) &&
+		sortedUnique(s.FDB, func(f FDBEntry) []byte { return f.MAC }, bytes.Compare)
+}
+
+func (k *Kernel) compileAll(rep *passReport, want *State) {
+	w := &k.want
+	if w.routes == nil {
+		w.routes, w.keep = make(map[routeKey]wantRoute, len(want.Routes)), map[routeKey]string{}
+		w.neighs, w.fdb = map[netip.Addr]string{}, map[string]netip.Addr{}
+	}
+	clear(w.routes)
+	clear(w.keep)
+	clear(w.neighs)
+	clear(w.fdb)
+	w.retry = false
+	for _, r := range want.Routes {
+		k.compileRoute(rep, r, false)
+	}
+	for _, n := range want.Neighbors {
+		w.neighs[n.IP] = string(n.MAC)
+	}
+	for _, f := range want.FDB {
+		w.fdb[string(f.MAC)] = f.Dst
+	}
+	k.routeDirty.all, k.neighDirty.all, k.fdbDirty.all = true, true, true
+}
+
+// compileRoute resolves one desired route into k.want; replace says a previous version of
+// it may be there.
+func (k *Kernel) compileRoute(rep *passReport, r Route, replace bool) {
+	w := &k.want
+	kr := kroute{dst: r.Dst, blackhole: r.Blackhole, gw: r.Gateway, onlink: r.OnLink, mtu: r.MTU}
+	key := kr.key()
+	if replace {
+		delete(w.routes, key)
+		delete(w.keep, key)
+	}
+	if !r.Blackhole && r.Dev != "" {
+		idx, err := k.devIndex(r.Dev)
+		if err != nil {
+			w.keep[key] = r.Dev
+			if !errors.Is(err, ErrNoIPIP) && !errors.Is(err, ErrNoVXLAN) {
+				if !w.retry {
+					rep.fail(fmt.Errorf("routes via %s: %w", r.Dev, err))
+				}
+				w.retry = true
+			}
+			return
+		}
+		kr.link = idx
+	}
+	w.routes[key] = wantRoute{kr: kr, kind: r.Kind}
+}
+
+// compileDelta merges the previous desired state into the new one, both sorted, marking
+// what changed dirty.
+func (k *Kernel) compileDelta(rep *passReport, old, want *State) {
+	w := &k.want
+	mergeDiff(old.Routes, want.Routes, func(a, b Route) int { return comparePrefix(a.Dst, b.Dst) },
+		func(a, b Route) bool { return a == b },
+		func(r Route) { // gone
+			key := keyOf(r.Dst, 0)
+			delete(w.routes, key)
+			delete(w.keep, key)
+			k.routeDirty.mark(key)
+		},
+		func(r Route) { // new or changed
+			k.compileRoute(rep, r, true)
+			k.routeDirty.mark(keyOf(r.Dst, 0))
+		})
+	mergeDiff(old.Neighbors, want.Neighbors, func(a, b Neighbor) int { return a.IP.Compare(b.IP) },
+		func(a, b Neighbor) bool { return bytes.Equal(a.MAC, b.MAC) },
+		func(n Neighbor) { delete(w.neighs, n.IP); k.neighDirty.mark(n.IP) },
+		func(n Neighbor) { w.neighs[n.IP] = string(n.MAC); k.neighDirty.mark(n.IP) })
+	mergeDiff(old.FDB, want.FDB, func(a, b FDBEntry) int { return bytes.Compare(a.MAC, b.MAC) },
+		func(a, b FDBEntry) bool { return a.Dst == b.Dst },
+		func(f FDBEntry) { delete(w.fdb, string(f.MAC)); k.fdbDirty.mark(string(f.MAC)) },
+		func(f FDBEntry) { w.fdb[string(f.MAC)] = f.Dst; k.fdbDirty.mark(string(f.MAC)) })
+}
+
+func sortedUnique[T, K any](s []T, key func(T) K, cmp func(K, K) int) bool {
+	for i := 1; i < len(s); i++ {
+		if cmp(key(s[i-1]), key(s[i])) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeDiff walks two lists sorted by cmp and calls gone for each element of old whose key
+// is not in new, and changed for each element of new that is not in old as it is.
+func mergeDiff[T any](old, new []T, cmp func(a, b T) int, equal func(a, b T) bool, gone, changed func(T)) {
+	i, j := 0, 0
+	for i < len(old) || j < len(new) {
+		switch {
+		case j == len(new) || (i < len(old) && cmp(old[i], new[j]) < 0):
+			gone(old[i])
+			i++
+		case i == len(old) || cmp(old[i], new[j]) > 0:
+			changed(new[j])
+			j++
+		default:
+			if !equal(old[i], new[j]) {
+				changed(new[j])
+			}
+			i++
+			j++
+		}
+	}
+}
+
+// addNeighbors writes the neighbour, then the FDB entry, of every remote VTEP that needs
+// it, before any route through vxlan.tabby needs them.
 func (k *Kernel) addNeighbors(rep *passReport, want *State) {
 	if want.VXLAN == nil || !k.rec.vxlan.ok {
+		k.pend.keepNeighbors = true
 		return
 	}
 	idx := k.rec.vxlan.index
-	for _, n := range want.Neighbors {
-		mac := n.MAC.String()
-		if k.rec.neighs[n.IP] == mac {
-			continue
+	w := &k.want
+	addNeigh := func(ip netip.Addr) {
+		mac, ok := w.neighs[ip]
+		if !ok {
+			return
+		}
+		if have, ok := k.rec.neighs[ip]; ok && have == mac {
+			return
 		}
 		err := k.nl.NeighSet(&netlink.Neigh{
 			LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, Type: unix.RTN_UNICAST,
-			IP: n.IP.AsSlice(), HardwareAddr: n.MAC,
+			IP: ip.AsSlice(), HardwareAddr: []byte(mac),
 		})
 		if err != nil {
-			rep.fail(fmt.Errorf("neighbour %s: %w", n, err))
-			continue
+			rep.fail(fmt.Errorf("neighbour %s: %w", ip, err))
+			k.pend.neighs[ip] = struct{}{}
+			return
 		}
-		k.rec.neighs[n.IP] = mac
+		k.rec.neighs[ip] = mac
 	}
-	for _, f := range want.FDB {
-		mac := f.MAC.String()
-		if dst, ok := k.rec.fdb[mac]; ok && dst == f.Dst {
-			continue
+	addFDB := func(mac string) {
+		dst, ok := w.fdb[mac]
+		if !ok {
+			return
 		}
-		err := k.nl.NeighSet(fdbNeigh(idx, f.MAC, f.Dst))
-		if err != nil {
-			rep.fail(fmt.Errorf("fdb %s: %w", f, err))
-			continue
+		if have, ok := k.rec.fdb[mac]; ok && have == dst {
+			return
 		}
-		k.rec.fdb[mac] = f.Dst
+		if err := k.nl.NeighSet(fdbNeigh(idx, []byte(mac), dst)); err != nil {
+			rep.fail(fmt.Errorf("fdb %s: %w", net.HardwareAddr(mac), err))
+			k.pend.fdb[mac] = struct{}{}
+			return
+		}
+		k.rec.fdb[mac] = dst
+	}
+	if k.neighDirty.all {
+		for ip := range w.neighs {
+			addNeigh(ip)
+		}
+	} else {
+		for ip := range k.neighDirty.keys {
+			addNeigh(ip)
+		}
+	}
+	if k.fdbDirty.all {
+		for mac := range w.fdb {
+			addFDB(mac)
+		}
+	} else {
+		for mac := range k.fdbDirty.keys {
+			addFDB(mac)
+		}
 	}
 }
 
@@ -266,51 +445,87 @@ func fdbNeigh(idx int, mac []byte, dst netip.Addr) *netlink.Neigh {
 	}
 }
 
-// addRoutes installs every wanted route the record does not have as wanted: RouteReplace
+// addRoutes installs the wanted routes the record does not have as wanted: RouteReplace
 // over a route of ours, an exclusive RouteAdd where the record has none, so that a route of
 // another protocol on the same prefix is never overwritten (the add fails with EEXIST and
 // the prefix is checked with one dump).
-func (k *Kernel) addRoutes(ctx context.Context, rep *passReport, wanted map[routeKey]wantRoute) {
+func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 	var exists []routeKey
 	ops := 0
-	for key, w := range wanted {
+	if k.routeDirty.all && len(k.rec.routes) == 0 {
+		k.rec.routes = make(map[routeKey]installed, len(k.want.routes))
+	}
+	visit := func(key routeKey) bool {
+		w, ok := k.want.routes[key]
+		if !ok {
+			return true
+		}
 		if _, conflict := k.rec.conflicts[key]; conflict {
-			continue
+			return true
 		}
 		have, ok := k.rec.routes[key]
 		if ok && have.kr == w.kr {
+			k.installedWanted++
 			if have.adopted || have.kind != w.kind {
-				k.rec.routes[key] = installed{kr: w.kr, kind: w.kind}
+				k.rec.replaceRoute(key, installed{kr: w.kr, kind: w.kind}, have, true)
 			}
-			continue
+			return true
 		}
 		if ops++; ops%ctxCheckEvery == 0 && ctx.Err() != nil {
-			return
+			return false
+		}
+		if ops == bulkWrites {
+			k.pauseRouteEvents()
 		}
 		var err error
 		if ok {
-			err = k.nl.RouteReplace(w.kr.netlink(k.proto))
+			err = k.nl.RouteReplace(k.req.fill(w.kr, k.proto))
 		} else {
-			err = k.nl.RouteAdd(w.kr.netlink(k.proto))
+			err = k.nl.RouteAdd(k.req.fill(w.kr, k.proto))
 		}
 		switch {
 		case err == nil:
-			k.rec.routes[key] = installed{kr: w.kr, kind: w.kind}
+			k.installedWanted++
+			k.rec.replaceRoute(key, installed{kr: w.kr, kind: w.kind}, have, ok)
 		case !ok && errors.Is(err, unix.EEXIST):
 			exists = append(exists, key)
 		default:
 			rep.fail(fmt.Errorf("route %s: %w", w.kr.dst, err))
+			k.pend.routes[key] = struct{}{}
+		}
+		return true
+	}
+	switch {
+	case k.routeDirty.all && k.want.sorted:
+		// In the desired state's order (sorted by prefix, no duplicates): the kernel
+		// inserts sorted prefixes into its trie faster than the random order of a map.
+		for _, r := range k.want.from.Routes {
+			if !visit(keyOf(r.Dst, 0)) {
+				return
+			}
+		}
+	case k.routeDirty.all:
+		for key := range k.want.routes {
+			if !visit(key) {
+				return
+			}
+		}
+	default:
+		for key := range k.routeDirty.keys {
+			if !visit(key) {
+				return
+			}
 		}
 	}
 	if len(exists) > 0 {
-		k.resolveExisting(rep, exists, wanted)
+		k.resolveExisting(rep, exists)
 	}
 }
 
 // resolveExisting looks at the prefixes an exclusive add found taken: one of tabby's
 // protocol (written by someone else, or missed by an event) is replaced, one of another
 // protocol is left alone and recorded as a conflict.
-func (k *Kernel) resolveExisting(rep *passReport, keys []routeKey, wanted map[routeKey]wantRoute) {
+func (k *Kernel) resolveExisting(rep *passReport, keys []routeKey) {
 	owner := make(map[routeKey]int, len(keys))
 	for _, key := range keys {
 		owner[key] = -1
@@ -326,20 +541,26 @@ func (k *Kernel) resolveExisting(rep *passReport, keys []routeKey, wanted map[ro
 	})
 	if err != nil {
 		rep.fail(fmt.Errorf("list the main routing table: %w", err))
+		for _, key := range keys {
+			k.pend.routes[key] = struct{}{}
+		}
 		return
 	}
 	for key, proto := range owner {
-		w := wanted[key]
+		w := k.want.routes[key]
 		switch proto {
 		case k.proto:
-			if err := k.nl.RouteReplace(w.kr.netlink(k.proto)); err != nil {
-				rep.fail(fmt.Errorf("route %s: %w", key.dst, err))
+			if err := k.nl.RouteReplace(k.req.fill(w.kr, k.proto)); err != nil {
+				rep.fail(fmt.Errorf("route %s: %w", key.prefix(), err))
+				k.pend.routes[key] = struct{}{}
 				continue
 			}
-			k.rec.routes[key] = installed{kr: w.kr, kind: w.kind}
+			k.installedWanted++
+			k.rec.putRoute(key, installed{kr: w.kr, kind: w.kind})
 		case -1:
 			// Gone between the add and the dump: the next pass adds it.
-			rep.fail(fmt.Errorf("route %s: exists, then vanished", key.dst))
+			rep.fail(fmt.Errorf("route %s: exists, then vanished", key.prefix()))
+			k.pend.routes[key] = struct{}{}
 		default:
 			k.rec.conflicts[key] = proto
 		}
@@ -349,26 +570,55 @@ func (k *Kernel) resolveExisting(rep *passReport, keys []routeKey, wanted map[ro
 // deleteRoutes removes the routes of tabby's protocol that are no longer wanted. The
 // request names only the prefix, metric, table and protocol, so it can only ever match a
 // route of tabby's.
-func (k *Kernel) deleteRoutes(ctx context.Context, rep *passReport, wanted map[routeKey]wantRoute, keep map[routeKey]bool, sweep bool) {
+func (k *Kernel) deleteRoutes(ctx context.Context, rep *passReport, sweep bool) {
 	ops := 0
-	for key, have := range k.rec.routes {
-		if _, ok := wanted[key]; ok || keep[key] || (have.adopted && !sweep) {
-			continue
+	visit := func(key routeKey) bool {
+		have, ok := k.rec.routes[key]
+		if !ok {
+			return true
+		}
+		if _, wanted := k.want.routes[key]; wanted {
+			return true
+		}
+		if _, keep := k.want.keep[key]; keep {
+			return true
+		}
+		if have.adopted && !sweep {
+			k.pend.routes[key] = struct{}{}
+			return true
 		}
 		if ops++; ops%ctxCheckEvery == 0 && ctx.Err() != nil {
-			return
+			return false
 		}
-		err := k.nl.RouteDel(&netlink.Route{
-			Dst:      have.kr.netlink(k.proto).Dst,
-			Priority: key.metric,
-			Table:    unix.RT_TABLE_MAIN,
-			Protocol: netlink.RouteProtocol(k.proto),
-		})
+		if ops == bulkWrites {
+			k.pauseRouteEvents()
+		}
+		del := k.req.fill(kroute{dst: have.kr.dst, metric: have.kr.metric, blackhole: true}, k.proto)
+		del.Type, del.Scope = 0, netlink.SCOPE_NOWHERE // match the route whatever its type and scope
+		err := k.nl.RouteDel(del)
 		if err != nil && !isGone(err) {
-			rep.fail(fmt.Errorf("delete route %s: %w", key.dst, err))
-			continue
+			rep.fail(fmt.Errorf("delete route %s: %w", key.prefix(), err))
+			k.pend.routes[key] = struct{}{}
+			return true
 		}
-		delete(k.rec.routes, key)
+		k.rec.delRoute(key)
+		return true
+	}
+	if k.routeDirty.all {
+		if len(k.rec.routes) == k.installedWanted {
+			return // every route in the record is a wanted one: nothing to delete
+		}
+		for key := range k.rec.routes {
+			if !visit(key) {
+				return
+			}
+		}
+	} else {
+		for key := range k.routeDirty.keys {
+			if !visit(key) {
+				return
+			}
+		}
 	}
 }
 
@@ -376,47 +626,113 @@ func (k *Kernel) deleteRoutes(ctx context.Context, rep *passReport, wanted map[r
 // When vxlan.tabby itself goes, its entries go with it.
 func (k *Kernel) deleteNeighbors(rep *passReport, want *State, sweep bool) {
 	if !sweep || !k.rec.vxlan.ok || want.VXLAN == nil {
+		k.pend.keepNeighbors = true
 		return
 	}
 	idx := k.rec.vxlan.index
-	wantFDB := make(map[string]netip.Addr, len(want.FDB))
-	for _, f := range want.FDB {
-		wantFDB[f.MAC.String()] = f.Dst
-	}
-	for mac, dst := range k.rec.fdb {
-		if d, ok := wantFDB[mac]; ok && d == dst {
-			continue
+	w := &k.want
+	delFDB := func(mac string) {
+		dst, ok := k.rec.fdb[mac]
+		if !ok {
+			return
 		}
-		hw, _ := parseMAC(mac)
-		if err := k.nl.NeighDel(fdbNeigh(idx, hw, dst)); err != nil && !isGone(err) {
-			rep.fail(fmt.Errorf("delete fdb %s: %w", mac, err))
-			continue
+		if _, wanted := w.fdb[mac]; wanted {
+			return // kept, or its new destination was written (or failed) in addNeighbors
+		}
+		if err := k.nl.NeighDel(fdbNeigh(idx, []byte(mac), dst)); err != nil && !isGone(err) {
+			rep.fail(fmt.Errorf("delete fdb %s: %w", net.HardwareAddr(mac), err))
+			k.pend.fdb[mac] = struct{}{}
+			return
 		}
 		delete(k.rec.fdb, mac)
 	}
-	wantNeigh := make(map[netip.Addr]string, len(want.Neighbors))
-	for _, n := range want.Neighbors {
-		wantNeigh[n.IP] = n.MAC.String()
-	}
-	for ip, mac := range k.rec.neighs {
-		if m, ok := wantNeigh[ip]; ok && m == mac {
-			continue
+	delNeigh := func(ip netip.Addr) {
+		if _, ok := k.rec.neighs[ip]; !ok {
+			return
+		}
+		if _, wanted := w.neighs[ip]; wanted {
+			return
 		}
 		err := k.nl.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, IP: ip.AsSlice()})
 		if err != nil && !isGone(err) {
 			rep.fail(fmt.Errorf("delete neighbour %s: %w", ip, err))
-			continue
+			k.pend.neighs[ip] = struct{}{}
+			return
 		}
 		delete(k.rec.neighs, ip)
 	}
+	if k.fdbDirty.all {
+		for mac := range k.rec.fdb {
+			delFDB(mac)
+		}
+	} else {
+		for mac := range k.fdbDirty.keys {
+			delFDB(mac)
+		}
+	}
+	if k.neighDirty.all {
+		for ip := range k.rec.neighs {
+			delNeigh(ip)
+		}
+	} else {
+		for ip := range k.neighDirty.keys {
+			delNeigh(ip)
+		}
+	}
 }
 
-// reportConflicts lists the wanted routes left alone because another protocol holds them.
-func (k *Kernel) reportConflicts(rep *passReport, wanted map[routeKey]wantRoute) {
+// pending collects, during a pass, the keys still to be done after it: failures, and
+// leftovers not swept yet. They become the dirty sets of the next pass.
+type pending struct {
+	routes map[routeKey]struct{}
+	neighs map[netip.Addr]struct{}
+	fdb    map[string]struct{}
+	// keepNeighbors: the neighbour and FDB phases were skipped (the device is not ready,
+	// or deletes wait for the first sync): their dirty sets stay as they are.
+	keepNeighbors bool
+}
+
+func (p *pending) reset() {
+	if p.routes == nil {
+		p.routes, p.neighs, p.fdb = map[routeKey]struct{}{}, map[netip.Addr]struct{}{}, map[string]struct{}{}
+	}
+	clear(p.routes)
+	clear(p.neighs)
+	clear(p.fdb)
+	p.keepNeighbors = false
+}
+
+// settle makes what is still pending the dirty sets of the next pass. Every dirty key was
+// visited by the pass, so the rest is in the kernel as wanted.
+func (k *Kernel) settle() {
+	k.routeDirty.all = false
+	k.routeDirty.keys, k.pend.routes = k.pend.routes, k.routeDirty.keys
+	if k.pend.keepNeighbors {
+		return
+	}
+	k.neighDirty.all, k.fdbDirty.all = false, false
+	k.neighDirty.keys, k.pend.neighs = k.pend.neighs, k.neighDirty.keys
+	k.fdbDirty.keys, k.pend.fdb = k.pend.fdb, k.fdbDirty.keys
+}
+
+// reportProblems lists what the kernel side cannot do: routes waiting for a device the
+// kernel has no driver for, and wanted routes left alone because another protocol holds
+// them.
+func (k *Kernel) reportProblems(rep *passReport) {
+	waiting := map[string]int{}
+	for _, dev := range k.want.keep {
+		waiting[dev]++
+	}
+	if n := waiting[DeviceIPIP]; n > 0 && k.rec.ipip.unsupported {
+		rep.problem("%v: %s via %s not installed", ErrNoIPIP, plural(n, "route"), DeviceIPIP)
+	}
+	if n := waiting[DeviceVXLAN]; n > 0 && k.rec.vxlan.unsupported {
+		rep.problem("%v: %s via %s not installed", ErrNoVXLAN, plural(n, "route"), DeviceVXLAN)
+	}
 	var lines []string
 	for key, proto := range k.rec.conflicts {
-		if _, ok := wanted[key]; ok {
-			lines = append(lines, fmt.Sprintf("route %s left alone: the kernel holds it with protocol %d", key.dst, proto))
+		if _, ok := k.want.routes[key]; ok {
+			lines = append(lines, fmt.Sprintf("route %s left alone: the kernel holds it with protocol %d", key.prefix(), proto))
 		}
 	}
 	slices.Sort(lines)
@@ -435,10 +751,17 @@ func (k *Kernel) forgetLink(index int) {
 	}
 	for key, r := range k.rec.routes {
 		if r.kr.link == index {
-			delete(k.rec.routes, key)
+			k.rec.delRoute(key)
+			k.routeDirty.mark(key)
 		}
 	}
 	if index == k.rec.vxlan.index {
+		for ip := range k.rec.neighs {
+			k.neighDirty.mark(ip)
+		}
+		for mac := range k.rec.fdb {
+			k.fdbDirty.mark(mac)
+		}
 		clear(k.rec.neighs)
 		clear(k.rec.fdb)
 	}

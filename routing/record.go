@@ -9,10 +9,21 @@ import (
 )
 
 // routeKey identifies a route in the main table as the kernel does for IPv4 (tos is always
-// 0 here): one destination, one metric.
+// 0 here): one destination, one metric. It is packed small and pointer-free because the
+// reconciler's maps are keyed by it: hashing and garbage collection are most of its cost
+// per route.
 type routeKey struct {
-	dst    netip.Prefix
-	metric int
+	addr, bits, metric uint32 // no padding: hashed and compared as 12 plain bytes
+}
+
+func keyOf(dst netip.Prefix, metric int) routeKey {
+	a := dst.Addr().As4()
+	return routeKey{addr: uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]), bits: uint32(dst.Bits()), metric: uint32(metric)}
+}
+
+// prefix is the key's destination.
+func (k routeKey) prefix() netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(k.addr >> 24), byte(k.addr >> 16), byte(k.addr >> 8), byte(k.addr)}), int(k.bits))
 }
 
 // kroute is a route as the kernel holds it, reduced to what tabby sets. Two kroutes are
@@ -27,12 +38,31 @@ type kroute struct {
 	mtu       int
 }
 
-func (r kroute) key() routeKey { return routeKey{dst: r.dst, metric: r.metric} }
+func (r kroute) key() routeKey { return keyOf(r.dst, r.metric) }
 
-// netlink builds the request for r with the given protocol, in the main table.
-func (r kroute) netlink(protocol int) *netlink.Route {
-	nr := &netlink.Route{
-		Dst:      &net.IPNet{IP: r.dst.Addr().AsSlice(), Mask: net.CIDRMask(r.dst.Bits(), 32)},
+// request is a reusable netlink route request: the library does not keep the route it is
+// given, so one request (and its address buffers) serves every write of a pass.
+type request struct {
+	route netlink.Route
+	dst   net.IPNet
+	dstIP [4]byte
+	gwIP  [4]byte
+}
+
+// masks are the IPv4 netmasks by prefix length.
+var masks = func() (m [33]net.IPMask) {
+	for i := range m {
+		m[i] = net.CIDRMask(i, 32)
+	}
+	return m
+}()
+
+// fill makes q the request for r with the given protocol, in the main table.
+func (q *request) fill(r kroute, protocol int) *netlink.Route {
+	q.dstIP = r.dst.Addr().As4()
+	q.dst = net.IPNet{IP: q.dstIP[:], Mask: masks[r.dst.Bits()]}
+	q.route = netlink.Route{
+		Dst:      &q.dst,
 		Protocol: netlink.RouteProtocol(protocol),
 		Table:    unix.RT_TABLE_MAIN,
 		Priority: r.metric,
@@ -40,17 +70,18 @@ func (r kroute) netlink(protocol int) *netlink.Route {
 		MTU:      r.mtu,
 	}
 	if r.blackhole {
-		nr.Type = unix.RTN_BLACKHOLE
-		return nr
+		q.route.Type = unix.RTN_BLACKHOLE
+		return &q.route
 	}
 	if r.gw.IsValid() {
-		nr.Gw = r.gw.AsSlice()
+		q.gwIP = r.gw.As4()
+		q.route.Gw = q.gwIP[:]
 	}
-	nr.LinkIndex = r.link
+	q.route.LinkIndex = r.link
 	if r.onlink {
-		nr.Flags = int(netlink.FLAG_ONLINK)
+		q.route.Flags = int(netlink.FLAG_ONLINK)
 	}
-	return nr
+	return &q.route
 }
 
 // fromNetlink reduces a route read from the kernel. ok is false for what tabby never writes
@@ -112,14 +143,21 @@ type devRecord struct {
 // reached, updated after every successful operation and from kernel events and dumps.
 type record struct {
 	routes map[routeKey]installed
+	// kinds and adopted count routes by kind (adopted ones apart), kept up to date by
+	// putRoute and delRoute so that status costs nothing per pass.
+	kinds   [len(routeKinds)]int
+	adopted int
 	// conflicts are wanted routes whose key the kernel holds under another protocol. They
 	// are left alone (SPEC §5: only tabby's protocol is ever changed) and reported.
 	conflicts map[routeKey]int
-	neighs    map[netip.Addr]string // on vxlan.tabby: tunnel address → MAC text
-	fdb       map[string]netip.Addr // on vxlan.tabby: MAC text → underlay address
+	neighs    map[netip.Addr]string // on vxlan.tabby: tunnel address → MAC (its bytes)
+	fdb       map[string]netip.Addr // on vxlan.tabby: MAC (its bytes) → underlay address
 	links     map[string]int        // name → ifindex of the devices routes use
-	ipip      devRecord
-	vxlan     devRecord
+	// linksGen changes whenever a cached link index is dropped: routes compiled with the
+	// old index must be compiled again.
+	linksGen uint64
+	ipip     devRecord
+	vxlan    devRecord
 }
 
 func newRecord() *record {
@@ -130,4 +168,74 @@ func newRecord() *record {
 		fdb:       map[string]netip.Addr{},
 		links:     map[string]int{},
 	}
+}
+
+// routeKinds are the kinds counted, in order; anything else counts as the last.
+var routeKinds = [...]RouteKind{KindIPIP, KindVXLAN, KindDirect, KindBlackhole, KindBGP, ""}
+
+func kindIndex(k RouteKind) int {
+	switch k {
+	case KindIPIP:
+		return 0
+	case KindVXLAN:
+		return 1
+	case KindDirect:
+		return 2
+	case KindBlackhole:
+		return 3
+	case KindBGP:
+		return 4
+	}
+	return 5
+}
+
+func (r *record) count(in installed, d int) {
+	if in.adopted {
+		r.adopted += d
+	} else {
+		r.kinds[kindIndex(in.kind)] += d
+	}
+}
+
+func (r *record) putRoute(key routeKey, in installed) {
+	old, had := r.routes[key]
+	r.replaceRoute(key, in, old, had)
+}
+
+// replaceRoute is putRoute for a caller that has just looked the key up.
+func (r *record) replaceRoute(key routeKey, in, old installed, had bool) {
+	if had {
+		r.count(old, -1)
+	}
+	r.routes[key] = in
+	r.count(in, 1)
+}
+
+func (r *record) delRoute(key routeKey) {
+	if old, ok := r.routes[key]; ok {
+		r.count(old, -1)
+		delete(r.routes, key)
+	}
+}
+
+// setRoutes replaces the whole record of routes (after a dump).
+func (r *record) setRoutes(routes map[routeKey]installed) {
+	r.routes = routes
+	r.kinds = [len(routeKinds)]int{}
+	r.adopted = 0
+	for _, in := range routes {
+		r.count(in, 1)
+	}
+}
+
+func (r *record) dropLink(name string) {
+	if _, ok := r.links[name]; ok {
+		delete(r.links, name)
+		r.linksGen++
+	}
+}
+
+func (r *record) dropLinks() {
+	clear(r.links)
+	r.linksGen++
 }

@@ -34,9 +34,10 @@ func needRoot(t testing.TB) {
 
 // testNS is a network namespace made for one test, with a netlink handle bound to it.
 type testNS struct {
-	name string
-	ns   netns.NsHandle
-	h    *netlink.Handle
+	name  string
+	ns    netns.NsHandle
+	h     *netlink.Handle
+	close func() // removes the namespace now rather than at the end of the test
 }
 
 // newTestNS creates the namespace tabby-<purpose>-<random> without moving the test's
@@ -48,18 +49,24 @@ func newTestNS(t testing.TB, purpose string) *testNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete network namespace %s: %v", name, err)
-		}
-	})
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
+		ns.Close()
+		_ = netns.DeleteNamed(name)
 		t.Fatalf("netlink handle in %s: %v", name, err)
 	}
-	t.Cleanup(h.Close)
-	return &testNS{name: name, ns: ns, h: h}
+	var once sync.Once
+	closeNS := func() {
+		once.Do(func() {
+			h.Close()
+			ns.Close()
+			if err := netns.DeleteNamed(name); err != nil {
+				t.Errorf("delete network namespace %s: %v", name, err)
+			}
+		})
+	}
+	t.Cleanup(closeNS)
+	return &testNS{name: name, ns: ns, h: h, close: closeNS}
 }
 
 // createNS creates a named namespace and returns to the original one. If the thread cannot
