@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/metadata"
@@ -247,37 +248,67 @@ func (s *Syncer) sleep(ctx context.Context, d time.Duration) time.Duration {
 
 // list reads the whole root at one revision, page by page, merges it into the cache and
 // publishes the result.
+//
+// Pages are decoded by a second goroutine while the next one is being fetched, so that
+// etcd's time to serve a page and tabby's time to decode the previous one overlap: at
+// 20,000 keys the first list is most of a joining host's start-up. Only that goroutine
+// touches st until it is done; at most two pages wait for it.
 func (s *Syncer) list(ctx context.Context, st *syncState) (int64, error) {
 	prefix := s.client.Keys.Root + "/"
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	var (
-		kvs []rawKV
-		rev int64
-		key = prefix
+		kvs     []rawKV
+		rev     int64
+		key     = prefix
+		pages   = make(chan listPage, 2)
+		decoded = make(chan struct{})
 	)
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(s.opts.PageSize)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+	go func() {
+		defer close(decoded)
+		for page := range pages {
+			if kvs == nil {
+				// Count is the whole range's: the list's slice is allocated once.
+				kvs = make([]rawKV, 0, page.count)
+			}
+			for _, kv := range page.kvs {
+				raw := rawKV{key: string(kv.Key), value: kv.Value, modRev: kv.ModRevision, createRev: kv.CreateRevision}
+				st.prepare(&raw) // decode now: a page's raw values are garbage once it is read
+				kvs = append(kvs, raw)
+			}
 		}
-		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.opts.RequestTimeout)
-		resp, err := s.client.etcd.Get(rctx, key, opts...)
-		cancel()
-		if err != nil {
-			return 0, fmt.Errorf("list %s: %w", prefix, err)
+	}()
+	fetchErr := func() error {
+		defer close(pages)
+		for {
+			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(s.opts.PageSize)}
+			if rev != 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.opts.RequestTimeout)
+			resp, err := s.client.etcd.Get(rctx, key, opts...)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("list %s: %w", prefix, err)
+			}
+			if rev == 0 {
+				rev = resp.Header.Revision
+			}
+			if len(resp.Kvs) > 0 {
+				select {
+				case pages <- listPage{kvs: resp.Kvs, count: resp.Count}:
+				case <-ctx.Done():
+					return fmt.Errorf("list %s: %w", prefix, ctx.Err())
+				}
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				return nil
+			}
+			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			raw := rawKV{key: string(kv.Key), value: kv.Value, modRev: kv.ModRevision, createRev: kv.CreateRevision}
-			st.prepare(&raw) // decode now: a page's raw values are garbage once it is read
-			kvs = append(kvs, raw)
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}()
+	<-decoded
+	if fetchErr != nil {
+		return 0, fetchErr
 	}
 	snap, changed := st.relist(kvs, rev)
 	s.update(func(x *SyncerStats) {
@@ -301,6 +332,13 @@ func (s *Syncer) list(ctx context.Context, st *syncState) (int64, error) {
 	}
 	s.log.Debug("listed the datastore", "revision", rev, "keys", len(kvs))
 	return rev, nil
+}
+
+// listPage is one page of a list on its way to the decoding goroutine; count is the number
+// of keys from its first to the end of the range.
+type listPage struct {
+	kvs   []*mvccpb.KeyValue
+	count int64
 }
 
 // watch follows changes from rev+1 until the watch fails, is compacted or falls silent.

@@ -2,6 +2,7 @@ package datastore
 
 import (
 	"cmp"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,10 @@ type syncState struct {
 	// address of one block): with tens of thousands of workloads the maps, not the data,
 	// would dominate the cache. Cleared when it outgrows the blocks it can refer to.
 	handleMaps map[string]map[string]int
+	// allocations and unallocated share equal per-address arrays between blocks, by
+	// content (see shareBlockArrays). Cleared like handleMaps.
+	allocations map[string][]*int
+	unallocated map[string][]int
 }
 
 // poolEntry is what the syncer knows of one pool key.
@@ -76,7 +81,9 @@ func newSyncState(keys Keys, log *slog.Logger) *syncState {
 		pools:    map[string]*poolEntry{},
 		problems: map[string]Problem{},
 
-		handleMaps: map[string]map[string]int{},
+		handleMaps:  map[string]map[string]int{},
+		allocations: map[string][]*int{},
+		unallocated: map[string][]int{},
 	}
 }
 
@@ -84,15 +91,19 @@ func newSyncState(keys Keys, log *slog.Logger) *syncState {
 // listed are deleted, unchanged keys are not decoded again (and keep the version in force,
 // valid or not).
 func (st *syncState) relist(kvs []rawKV, rev int64) (*Snapshot, bool) {
-	listed := make(map[string]bool, len(kvs))
-	changes := make([]rawKV, 0, len(kvs))
-	for _, kv := range kvs {
-		listed[kv.key] = true
-		changes = append(changes, kv)
-	}
-	for _, key := range sortedKeys(st.revs) {
-		if !listed[key] {
-			changes = append(changes, rawKV{key: key, modRev: rev, deleted: true})
+	// kvs is the caller's to give away: the deletions are appended to it rather than to a
+	// copy, and the first list, which can delete nothing, needs no index of the listed
+	// keys. At 20,000 keys each copy or index is megabytes held at the peak of memory use.
+	changes := kvs
+	if len(st.revs) > 0 {
+		listed := make(map[string]bool, len(kvs))
+		for _, kv := range kvs {
+			listed[kv.key] = true
+		}
+		for _, key := range sortedKeys(st.revs) {
+			if !listed[key] {
+				changes = append(changes, rawKV{key: key, modRev: rev, deleted: true})
+			}
 		}
 	}
 	return st.apply(changes, rev)
@@ -230,11 +241,15 @@ func (st *syncState) prepare(kv *rawKV) {
 	case KeyResource:
 		r, err := DecodeStored(info.Kind, info.Name, kv.value, kv.modRev)
 		if err == nil {
-			err = Validate(r)
+			err = validateDefaulted(r) // DecodeStored applied the defaults; r is ours
 		}
 		kv.obj, kv.err = r, err
 	case KeyBlock:
-		kv.obj, kv.err = decodeBlock(kv.value, info.CIDR)
+		blk, err := decodeBlock(kv.value, info.CIDR)
+		if err == nil {
+			st.shareBlockArrays(blk, len(st.snap.Blocks))
+		}
+		kv.obj, kv.err = blk, err
 	case KeyAffinity:
 		kv.obj, kv.err = decodeAffinity(kv.value)
 	case KeyHandle:
@@ -310,6 +325,13 @@ func (st *syncState) applyOther(b *snapBuilder, kv rawKV) {
 // of range.
 func decodeBlock(value []byte, cidr netip.Prefix) (*AllocationBlock, error) {
 	var b AllocationBlock
+	if cidr.Addr().Is4() && cidr.Bits() >= 20 {
+		// encoding/json appends into a slice's existing capacity: sized up front, the two
+		// per-address arrays are allocated once instead of growing by doubling.
+		size := 1 << (32 - cidr.Bits())
+		b.Allocations = make([]*int, 0, size)
+		b.Unallocated = make([]int, 0, size)
+	}
 	if err := json.Unmarshal(value, &b); err != nil {
 		return nil, fmt.Errorf("block %s: %w", cidr, err)
 	}
@@ -336,6 +358,46 @@ func decodeBlock(value []byte, cidr netip.Prefix) (*AllocationBlock, error) {
 	}
 	shareSecondaries(&b)
 	return &b, nil
+}
+
+// shareBlockArrays makes a block's Allocations and Unallocated the same slices as an
+// earlier block's with equal content. They are a block's bulk (two entries per address,
+// 1 KB for a /26) and blocks that hold the same ordinals, the common case of blocks
+// filled in FIFO order from ordinal 0, have equal ones; snapshots are read-only, so they
+// can share. Shared slices are clipped (len == cap): an append by anyone copies.
+func (st *syncState) shareBlockArrays(b *AllocationBlock, blocks int) {
+	if len(st.allocations) > 2*blocks+1024 {
+		clear(st.allocations)
+		clear(st.unallocated)
+	}
+	key := make([]byte, 0, 2*len(b.Allocations))
+	if b.Allocations != nil {
+		for _, a := range b.Allocations {
+			v := int64(-1)
+			if a != nil {
+				v = int64(*a)
+			}
+			key = binary.AppendVarint(key, v)
+		}
+		if shared, ok := st.allocations[string(key)]; ok {
+			b.Allocations = shared
+		} else {
+			b.Allocations = slices.Clip(b.Allocations)
+			st.allocations[string(key)] = b.Allocations
+		}
+	}
+	if b.Unallocated != nil {
+		key = key[:0]
+		for _, o := range b.Unallocated {
+			key = binary.AppendUvarint(key, uint64(o))
+		}
+		if shared, ok := st.unallocated[string(key)]; ok {
+			b.Unallocated = shared
+		} else {
+			b.Unallocated = slices.Clip(b.Unallocated)
+			st.unallocated[string(key)] = b.Unallocated
+		}
+	}
 }
 
 // shareSecondaries makes the attributes of a block that have equal secondary attributes

@@ -63,6 +63,14 @@ func (f *fieldErrors) err() error { return errors.Join(f.errs...) }
 func Validate(r Resource) error {
 	r = cloneResource(r)
 	SetDefaults(r)
+	return validateDefaulted(r)
+}
+
+// validateDefaulted is Validate for a resource whose defaults are applied already and that
+// the caller owns (the syncer's freshly decoded documents): it checks r in place, without
+// Validate's defensive copy, which cost a JSON round trip per document, a third of the
+// decoding time of a 5,000-node first list.
+func validateDefaulted(r Resource) error {
 	f := newFieldErrors(r)
 	validateMeta(f, r)
 	switch r := r.(type) {
