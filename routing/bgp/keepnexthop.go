@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"strings"
 
 	api "github.com/osrg/gobgp/v3/api"
 )
@@ -35,16 +36,7 @@ func (s *Speaker) applyKeepNextHop(ctx context.Context) error {
 	}
 	srv := s.cur.srv
 	if len(s.cur.keepNextHop) > 0 {
-		err := errors.Join(
-			srv.DeletePolicyAssignment(ctx, &api.DeletePolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-				Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: keepNextHopPolicy}},
-			}}),
-			srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: keepNextHopPolicy}}),
-			srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
-				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: keepNextHopSet}, All: true,
-			}),
-		)
-		if err != nil {
+		if err := removeKeepNextHop(ctx, srv); err != nil {
 			return fmt.Errorf("remove the keep-original-next-hop policy: %w", err)
 		}
 	}
@@ -77,13 +69,7 @@ func (s *Speaker) applyKeepNextHop(ctx context.Context) error {
 		if err != nil {
 			// Undo what was made (each step may not have happened; its error says so and
 			// is of no interest), so that the next attempt starts from nothing.
-			_ = srv.DeletePolicyAssignment(ctx, &api.DeletePolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-				Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: keepNextHopPolicy}},
-			}})
-			_ = srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: keepNextHopPolicy}})
-			_ = srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
-				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: keepNextHopSet}, All: true,
-			})
+			_ = removeKeepNextHop(ctx, srv)
 			return fmt.Errorf("install the keep-original-next-hop policy: %w", err)
 		}
 		s.cur.keepNextHop = want
@@ -99,6 +85,45 @@ func (s *Speaker) applyKeepNextHop(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeKeepNextHop deletes the policy assignment, the policy with its statement, and the
+// neighbor set, in that order: each is in use by the one before. A step whose object is
+// already gone is not an error, so that a half-installed policy can always be removed.
+// DeletePolicy needs All: without it GoBGP removes only the statements named in the
+// request (none) and keeps the policy, whose statement keeps the set in use.
+func removeKeepNextHop(ctx context.Context, srv gobgpPolicies) error {
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"assignment", func() error {
+			return srv.DeletePolicyAssignment(ctx, &api.DeletePolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+				Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: keepNextHopPolicy}},
+			}})
+		}},
+		{"policy", func() error {
+			return srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: keepNextHopPolicy}, All: true})
+		}},
+		{"neighbor set", func() error {
+			return srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
+				DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: keepNextHopSet}, All: true,
+			})
+		}},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil && !strings.Contains(err.Error(), "not found") {
+			return fmt.Errorf("delete %s: %w", st.what, err)
+		}
+	}
+	return nil
+}
+
+// gobgpPolicies is the part of GoBGP's server that manages policies.
+type gobgpPolicies interface {
+	DeletePolicyAssignment(context.Context, *api.DeletePolicyAssignmentRequest) error
+	DeletePolicy(context.Context, *api.DeletePolicyRequest) error
+	DeleteDefinedSet(context.Context, *api.DeleteDefinedSetRequest) error
 }
 
 func symmetricDifference(a, b map[netip.Addr]bool) map[netip.Addr]bool {
