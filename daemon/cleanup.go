@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tabby-net/tabby/daemon/statusapi"
 	"github.com/tabby-net/tabby/nat"
@@ -33,7 +34,7 @@ func Cleanup(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) 
 		return fmt.Errorf("tabbyd is running (its status socket %s answers): stop it first", cfg.StatusSocket)
 	}
 
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}

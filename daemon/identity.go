@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tabby-net/tabby/daemon/autodetect"
 )
@@ -23,7 +24,7 @@ func detectAddress(h *netlink.Handle, cfg IPv4Config) (autodetect.Result, error)
 // there is none: at boot the NIC may get its address after tabbyd starts. Readiness and
 // the systemd status say what is missing meanwhile.
 func (d *daemon) findAddress(ctx context.Context) (autodetect.Result, error) {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return autodetect.Result{}, fmt.Errorf("netlink: %w", err)
 	}

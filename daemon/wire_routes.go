@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tabby-net/tabby/daemon/metrics"
 	"github.com/tabby-net/tabby/datastore"
@@ -35,7 +36,7 @@ type routesSub struct {
 }
 
 func newRoutesSub(d *daemon) (*routesSub, error) {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
