@@ -243,8 +243,11 @@ type schedule struct {
 	retryAt  time.Time // a retry after failures
 	fullAt   time.Time // the next full resync
 	fullSoon bool      // fullAt was brought forward by an event
-	resubAt  time.Time // the next attempt to subscribe to events
-	backoff  time.Duration
+	// inPass and fullAgain: a full resync was asked for while a pass ran (its route events
+	// were paused), so the pass's own dump, if it made one, is already stale.
+	inPass, fullAgain bool
+	resubAt           time.Time // the next attempt to subscribe to events
+	backoff           time.Duration
 }
 
 func earliest(ts ...time.Time) time.Time {
@@ -451,6 +454,9 @@ func (k *Kernel) askFull(now time.Time) {
 	}
 	k.sch.fullAt = earliest(k.sch.fullAt, at)
 	k.sch.fullSoon = true
+	if k.sch.inPass {
+		k.sch.fullAgain = true
+	}
 }
 
 func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
@@ -458,7 +464,9 @@ func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
 	now := time.Now()
 	full := due(sch.fullAt, now)
 	repair := due(sch.repairAt, now)
+	sch.inPass, sch.fullAgain = true, false
 	rep := k.pass(ctx, want, full)
+	sch.inPass = false
 	if ctx.Err() != nil {
 		return
 	}
@@ -468,7 +476,11 @@ func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
 		k.lastRepair = end
 		sch.repairAt = time.Time{}
 	}
-	if full {
+	switch {
+	case full && sch.fullAgain:
+		k.lastFull = end
+		sch.fullAt = end
+	case full:
 		k.lastFull = end
 		sch.fullAt = end.Add(k.refresh)
 		sch.fullSoon = false

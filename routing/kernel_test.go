@@ -662,3 +662,42 @@ func TestKernelUnsortedState(t *testing.T) {
 	settle(t, k)
 	checkGolden(t, "vxlan-crosssubnet", fk.String())
 }
+
+// TestKernelBulkPassResyncs: a pass with many writes stops listening to route events; a
+// route someone deletes meanwhile is noticed by the resync that follows the pass, not by
+// the periodic one (an hour away here).
+func TestKernelBulkPassResyncs(t *testing.T) {
+	fk := newFakeKernel()
+	fk.subBuffer = 1 << 16
+	victim := "10.128.0.0/26"
+	writes := 0
+	fk.fail = func(op string, arg any) error {
+		// Called with the fake's lock held: act on its maps directly, as the kernel would
+		// for someone else's request, and tell the subscribers.
+		if op == "RouteAdd" {
+			writes++
+			if writes == bulkWrites+100 {
+				for key, r := range fk.routes {
+					if key.prefix().String() == victim {
+						delete(fk.routes, key)
+						fk.notifyRoute(unix.RTM_DELROUTE, 0, r)
+					}
+				}
+			}
+		}
+		return nil
+	}
+	k := runKernel(t, fk, KernelOptions{RefreshInterval: time.Hour})
+	state := syntheticRoutes(2 * bulkWrites)
+	for i := range state.Routes {
+		state.Routes[i].Gateway = netip.MustParseAddr("10.30.0.1")
+	}
+	k.Set(state)
+	settle(t, k)
+	if got := countProto(fk); got != len(state.Routes) {
+		t.Fatalf("%d routes after the bulk pass settled, want %d (the one deleted during the pass was not restored)", got, len(state.Routes))
+	}
+	if st := k.Status(); st.FullSyncs < 2 {
+		t.Errorf("%d full resyncs, want the first and the one after the bulk pass", st.FullSyncs)
+	}
+}
