@@ -108,6 +108,9 @@ func (k *Kernel) handleLink(u netlink.LinkUpdate) {
 			bytes.Equal(dev.vxlan.MAC, a.HardwareAddr):
 			return
 		case dev == nil && isCached && cached == a.Index:
+			// The NIC or another device routes use, still there and up; its MTU may have
+			// changed, which the host MTU follows.
+			k.signalUnderlay()
 			return
 		}
 	}

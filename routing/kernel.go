@@ -181,7 +181,8 @@ func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
 }
 
 // Set hands the reconciler a new desired state. It never blocks; the latest state wins.
-// A state with Hold set keeps the previous one in force and is only reported.
+// A state with Hold set keeps the previous one in force and is only reported. The Kernel
+// keeps s (its slices included) until the next Set: the caller must not modify it.
 func (k *Kernel) Set(s State) {
 	k.mu.Lock()
 	if s.Hold != "" {
