@@ -586,6 +586,8 @@ func TestE2E(t *testing.T) {
 		l.setMode(t, ModeIPIP)
 		l.checkRoutes(t, ModeIPIP)
 		l.checkPings(t)
+		l.checkTunl0(t)
+		l.checkTunnelPings(t, ModeIPIP)
 	})
 
 	t.Run("ipip-proto-fault", func(t *testing.T) {
@@ -602,6 +604,8 @@ func TestE2E(t *testing.T) {
 		l.setMode(t, ModeCrossSubnet)
 		l.checkRoutes(t, ModeCrossSubnet)
 		l.checkPings(t)
+		l.checkTunl0(t)
+		l.checkTunnelPings(t, ModeCrossSubnet)
 	})
 
 	t.Run("down-after-crash", func(t *testing.T) {

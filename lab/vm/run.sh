@@ -24,7 +24,7 @@
 #   VM_PLAN          the guest test plan                       (lab/vm/plan)
 #   VM_TIMEOUT       seconds for the whole VM run               (300)
 #   VM_STEP_TIMEOUT  seconds for one plan step                 (240)
-#   VM_MEM, VM_SMP   guest memory in MiB and CPUs              (1024, 2)
+#   VM_MEM, VM_SMP   guest memory in MiB and CPUs              (2048, 2)
 #   VM_MODULES       kernel modules to load, dependencies added from modules.dep
 #   VM_HOST_TOOLS    host commands copied into the VM with their libraries
 #   VM_HOST_FILES    host files and directories copied too (iptables plugins, iproute2 tables)
@@ -42,7 +42,7 @@ VM_ACCEL=${VM_ACCEL:-tcg}
 VM_PLAN=${VM_PLAN:-$here/plan}
 VM_TIMEOUT=${VM_TIMEOUT:-300}
 VM_STEP_TIMEOUT=${VM_STEP_TIMEOUT:-240}
-VM_MEM=${VM_MEM:-1024}
+VM_MEM=${VM_MEM:-2048}
 VM_SMP=${VM_SMP:-2}
 VM_KEEP=${VM_KEEP:-0}
 VM_CMDS=${VM_CMDS-./cmd/...}
@@ -53,13 +53,14 @@ LDFLAGS=${LDFLAGS:-}
 VM_MODULES=${VM_MODULES:-"ipip tunnel4 ip_tunnel vxlan udp_tunnel ip6_udp_tunnel veth bridge dummy
  x_tables ip_tables iptable_nat iptable_filter iptable_mangle nf_nat nf_conntrack nf_defrag_ipv4
  nf_defrag_ipv6 xt_MASQUERADE xt_nat xt_set xt_comment xt_addrtype xt_conntrack xt_mark xt_tcpudp
- nfnetlink ip_set ip_set_hash_net nf_tables nft_compat nft_chain_nat nft_nat nft_masq nft_ct"}
+ nfnetlink ip_set ip_set_hash_net nf_tables nft_compat nft_chain_nat nft_nat nft_masq nft_ct
+ nft_meta_bridge"}
 
 # bash runs the plan's steps: busybox's sh prefers its own applets to PATH, its `ip` included;
 # env serves scripts' `#!/usr/bin/env bash`.
 VM_HOST_TOOLS=${VM_HOST_TOOLS:-"bash env ip nsenter iptables iptables-save iptables-restore iptables-legacy
  iptables-legacy-save iptables-legacy-restore iptables-nft iptables-nft-save iptables-nft-restore
- ipset bird birdc ping"}
+ ipset bird birdc ping nft"}
 VM_HOST_FILES=${VM_HOST_FILES:-"/usr/lib/x86_64-linux-gnu/xtables /etc/iproute2 /usr/share/iproute2
  /etc/protocols /etc/services /etc/ethertypes"}
 
