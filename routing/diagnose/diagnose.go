@@ -94,6 +94,9 @@ type Report struct {
 	Local    Local
 	Peers    []PeerReport
 	Findings []Finding
+
+	// pathMTU is the path MTU found for an earlier peer, 0 if none.
+	pathMTU int
 }
 
 // OK reports whether nothing was found.
@@ -284,14 +287,17 @@ func (r *Report) mtuProbe(ctx context.Context, in Input, p Prober, addr netip.Ad
 	if err := p.Ping(ctx, addr, size, true); err == nil {
 		return fmt.Sprintf("ok (%d)", in.Local.HostMTU)
 	}
-	// Find the largest packet that passes, to say what the MTU should be.
+	// Find the largest packet that passes, to say what the MTU should be. Peers behind
+	// the same fabric share its MTU: try the one found for an earlier peer first.
 	lo, hi := 548, size
-	if p.Ping(ctx, addr, lo, true) != nil {
+	if r.pathMTU > 0 && p.Ping(ctx, addr, r.pathMTU-28, true) == nil && p.Ping(ctx, addr, r.pathMTU-27, true) != nil {
+		lo, hi = r.pathMTU-28, r.pathMTU-27
+	} else if p.Ping(ctx, addr, lo, true) != nil {
 		r.Findings = append(r.Findings, Finding{Peer: addr.String(), Check: CheckMTU,
 			Problem: fmt.Sprintf("even %d-byte packets with DF set do not reach %s", lo+28, addr), Fix: "fix the MTU of the path between the hosts"})
 		return "FAIL"
 	}
-	for hi-lo > 8 {
+	for hi-lo > 1 {
 		mid := (lo + hi) / 2
 		if p.Ping(ctx, addr, mid, true) == nil {
 			lo = mid
@@ -300,6 +306,7 @@ func (r *Report) mtuProbe(ctx context.Context, in Input, p Prober, addr netip.Ad
 		}
 	}
 	pathMTU := lo + 28
+	r.pathMTU = pathMTU
 	r.Findings = append(r.Findings, Finding{Peer: addr.String(), Check: CheckMTU,
 		Problem: fmt.Sprintf("the path to %s carries about %d bytes, but this host sends up to %d (tunnel MTU %d for IP-in-IP, %d for VXLAN): large packets vanish", addr, pathMTU, in.Local.HostMTU, in.Local.HostMTU-20, in.Local.HostMTU-50),
 		Fix:     fmt.Sprintf("fix the MTU: set dataplane.mtu to %d (the fabric's MTU) in tabbyd.yaml, or raise the fabric's MTU", pathMTU)})

@@ -122,7 +122,7 @@ func TestDiagnose(t *testing.T) {
 			fault: func(f *fabric, _ *Input) { f.crossSubnetPoolDropped = true }},
 		{name: "fabric MTU 1400", pool: pool(datastore.EncapAlways, datastore.EncapNever),
 			fault:     func(f *fabric, _ *Input) { f.pathMTU = 1400 },
-			wantFixes: []string{"fix the MTU: set dataplane.mtu to 139"}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
+			wantFixes: []string{"fix the MTU: set dataplane.mtu to 1400 "}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
 		{name: "node address with the wrong prefix", pool: pool(datastore.EncapCrossSubnet, datastore.EncapNever),
 			fault: func(_ *fabric, in *Input) {
 				in.Local.Addr = netip.MustParsePrefix("10.30.0.206/16")

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,12 +84,19 @@ func lastLine(b []byte) string {
 }
 
 // SpoofedEcho sends an ICMP echo request from src (a pool address, not this host's) to
-// dst, and watches nic for the reply. The reply is addressed to a pool address, so the
-// host's own stack would drop it (blackhole route); the packet socket sees it first.
+// dst, and watches nic for the reply. The request leaves through a packet socket addressed
+// to the next hop's MAC, so it bypasses netfilter: the host's own NAT outgoing rule would
+// otherwise masquerade a pool source to the host's address. The reply is addressed to a
+// pool address, so the host's own stack would drop it (blackhole route); the packet
+// socket sees it first.
 func (k KernelProber) SpoofedEcho(ctx context.Context, nic string, src, dst netip.Addr) error {
 	ifi, err := net.InterfaceByName(nic)
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", nic, err)
+	}
+	nextHopMAC, err := k.nextHopMAC(ctx, ifi, dst)
+	if err != nil {
+		return err
 	}
 	capFd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IP)))
 	if err != nil {
@@ -102,18 +110,15 @@ func (k KernelProber) SpoofedEcho(ctx context.Context, nic string, src, dst neti
 	if err := unix.SetsockoptTimeval(capFd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return err
 	}
-	rawFd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-	if err != nil {
-		return fmt.Errorf("raw socket: %w", err)
-	}
-	defer unix.Close(rawFd)
+	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index, Halen: uint8(len(nextHopMAC))}
+	copy(to.Addr[:], nextHopMAC)
 
 	id := uint16(rand.IntN(0xffff))
 	deadline := time.Now().Add(k.timeout())
 	buf := make([]byte, 2048)
 	for seq := uint16(1); seq <= 3; seq++ {
 		pkt := echoPacket(src, dst, id, seq)
-		if err := unix.Sendto(rawFd, pkt, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+		if err := unix.Sendto(capFd, pkt, 0, to); err != nil {
 			return fmt.Errorf("send echo %s → %s: %w", src, dst, err)
 		}
 		until := time.Now().Add(k.timeout() / 3)
@@ -134,6 +139,45 @@ func (k KernelProber) SpoofedEcho(ctx context.Context, nic string, src, dst neti
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// nextHopMAC finds the link-layer address a packet to dst leaves nic for: dst's own when it
+// is on the link, else the gateway's. The ordinary pings before this probe have resolved
+// it; if not, a UDP datagram to the next hop makes the kernel resolve it.
+func (k KernelProber) nextHopMAC(ctx context.Context, ifi *net.Interface, dst netip.Addr) (net.HardwareAddr, error) {
+	routes, err := netlink.RouteGet(dst.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return nil, fmt.Errorf("no route to %s: %v", dst, err)
+	}
+	hop := dst
+	if gw, ok := netip.AddrFromSlice(routes[0].Gw); ok && routes[0].Gw != nil {
+		hop = gw.Unmap()
+	}
+	if routes[0].LinkIndex != ifi.Index {
+		return nil, fmt.Errorf("%s is not reached through %s", dst, ifi.Name)
+	}
+	for attempt := 0; attempt < 10; attempt++ {
+		neighs, err := netlink.NeighList(ifi.Index, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("neighbours of %s: %w", ifi.Name, err)
+		}
+		for _, n := range neighs {
+			usable := n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT) != 0
+			if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == hop && usable && len(n.HardwareAddr) == 6 {
+				return n.HardwareAddr, nil
+			}
+		}
+		if c, err := net.Dial("udp4", netip.AddrPortFrom(hop, 9).String()); err == nil {
+			_, _ = c.Write([]byte{0})
+			c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("the link-layer address of %s (next hop to %s) did not resolve", hop, dst)
+}
 
 // echoPacket builds an IPv4 packet carrying an ICMP echo request.
 func echoPacket(src, dst netip.Addr, id, seq uint16) []byte {
