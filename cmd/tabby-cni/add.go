@@ -28,73 +28,63 @@ func cmdAdd(ctx context.Context, inv *invocation) (err error) {
 		return err
 	}
 
-	lock, err := acquireHostLock(ctx, cfg.RunDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
+	return underHostLock(ctx, cfg, log, func(book *addressBook) error {
+		handle := inv.handle()
+		addr, reused, err := book.assign(ctx, ipam.AssignArgs{
+			Handle: handle,
+			Node:   cfg.Nodename,
+			Attrs: map[string]string{
+				"container": args.ContainerID,
+				"netns":     args.Netns,
+				"interface": args.IfName,
+				"network":   cfg.Network,
+			},
+			Use:   datastore.UseWorkload,
+			Pools: cfg.Pools,
+		})
+		if err != nil {
+			return err
+		}
+		log = log.With("handle", handle, "address", addr)
+		if reused {
+			log.Info("the handle already holds an address; ADD repeated, reusing it")
+		} else {
+			log.Info("assigned address")
+		}
+		defer func() {
+			if err == nil {
+				return
+			}
+			// Also when the address was reused from an earlier ADD: its veth was rebuilt and is
+			// now gone, so a failed ADD leaves nothing of the container behind, and the
+			// runtime's next ADD starts clean. The command's context may be what failed; the
+			// undo gets its own.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			defer cancel()
+			if rerr := book.release(rctx, handle); rerr != nil {
+				log.Error("rollback: cannot release address", "err", rerr)
+				err = fmt.Errorf("%w (and rollback failed: %v)", err, rerr)
+				return
+			}
+			log.Info("rollback: released address")
+		}()
 
-	book, err := openAddressBook(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer book.Close()
+		w := workload{ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, Addr: addr, MTU: mtu}
+		p, err := setUpWorkload(w, log)
+		if err != nil {
+			return fmt.Errorf("plumb %s into %s: %w", addr, args.Netns, err)
+		}
 
-	handle := inv.handle()
-	addr, reused, err := book.assign(ctx, ipam.AssignArgs{
-		Handle: handle,
-		Node:   cfg.Nodename,
-		Attrs: map[string]string{
-			"container": args.ContainerID,
-			"netns":     args.Netns,
-			"interface": args.IfName,
-			"network":   cfg.Network,
-		},
-		Use:   datastore.UseWorkload,
-		Pools: cfg.Pools,
+		result := addResult(w, p)
+		if err := types.PrintResult(result, cfg.CNIVersion); err != nil {
+			if _, terr := tearDownWorkload(args.ContainerID); terr != nil {
+				log.Error("rollback: cannot delete veth", "err", terr)
+			}
+			return fmt.Errorf("print result: %w", err)
+		}
+		log.Info("workload plugged in", "veth", p.HostVeth, "mtu", mtu)
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	log = log.With("handle", handle, "address", addr)
-	if reused {
-		log.Info("the handle already holds an address; ADD repeated, reusing it")
-	} else {
-		log.Info("assigned address")
-	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		// Also when the address was reused from an earlier ADD: its veth was rebuilt and is
-		// now gone, so a failed ADD leaves nothing of the container behind, and the
-		// runtime's next ADD starts clean. The command's context may be what failed; the
-		// undo gets its own.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-		defer cancel()
-		if rerr := book.release(rctx, handle); rerr != nil {
-			log.Error("rollback: cannot release address", "err", rerr)
-			err = fmt.Errorf("%w (and rollback failed: %v)", err, rerr)
-			return
-		}
-		log.Info("rollback: released address")
-	}()
-
-	w := workload{ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, Addr: addr, MTU: mtu}
-	p, err := setUpWorkload(w, log)
-	if err != nil {
-		return fmt.Errorf("plumb %s into %s: %w", addr, args.Netns, err)
-	}
-
-	result := addResult(w, p)
-	if err := types.PrintResult(result, cfg.CNIVersion); err != nil {
-		if _, terr := tearDownWorkload(args.ContainerID); terr != nil {
-			log.Error("rollback: cannot delete veth", "err", terr)
-		}
-		return fmt.Errorf("print result: %w", err)
-	}
-	log.Info("workload plugged in", "veth", p.HostVeth, "mtu", mtu)
-	return nil
 }
 
 // addResult is the CNI 1.0 result: both ends of the veth, the /32 on the container side

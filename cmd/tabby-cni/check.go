@@ -13,58 +13,48 @@ import (
 // route. It reports every discrepancy it finds, not just the first.
 func cmdCheck(ctx context.Context, inv *invocation) error {
 	args, cfg, log := inv.Args, inv.Cfg, inv.Log
-	lock, err := acquireHostLock(ctx, cfg.RunDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
-
-	book, err := openAddressBook(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer book.Close()
-
-	var problems []string
-	handle := inv.handle()
-	allocated, ok, err := book.addressOf(ctx, handle)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		problems = append(problems, fmt.Sprintf("IPAM holds no address for handle %s", handle))
-	}
-
-	// The runtime hands over the ADD's result; it must agree with IPAM.
-	addr := allocated
-	if cfg.PrevResult != nil {
-		prev, err := current.NewResultFromResult(cfg.PrevResult)
-		if err != nil {
-			return badKey("prevResult", "%v", err)
-		}
-		prevAddr, found := resultAddress(prev, args.IfName)
-		switch {
-		case !found:
-			problems = append(problems, fmt.Sprintf("prevResult has no address for interface %s", args.IfName))
-		case ok && prevAddr != allocated:
-			problems = append(problems, fmt.Sprintf("prevResult says %s but IPAM holds %s for handle %s", prevAddr, allocated, handle))
-		case !ok:
-			addr = prevAddr
-		}
-	}
-
-	if addr.IsValid() {
-		found, err := checkWorkload(workload{ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, Addr: addr})
+	return underHostLock(ctx, cfg, log, func(book *addressBook) error {
+		var problems []string
+		handle := inv.handle()
+		allocated, ok, err := book.addressOf(ctx, handle)
 		if err != nil {
 			return err
 		}
-		problems = append(problems, found...)
-	}
-	if len(problems) > 0 {
-		return &checkFailedError{ContainerID: args.ContainerID, Problems: problems}
-	}
-	log.Info("workload is intact", "address", addr)
-	return nil
+		if !ok {
+			problems = append(problems, fmt.Sprintf("IPAM holds no address for handle %s", handle))
+		}
+
+		// The runtime hands over the ADD's result; it must agree with IPAM.
+		addr := allocated
+		if cfg.PrevResult != nil {
+			prev, err := current.NewResultFromResult(cfg.PrevResult)
+			if err != nil {
+				return badKey("prevResult", "%v", err)
+			}
+			prevAddr, found := resultAddress(prev, args.IfName)
+			switch {
+			case !found:
+				problems = append(problems, fmt.Sprintf("prevResult has no address for interface %s", args.IfName))
+			case ok && prevAddr != allocated:
+				problems = append(problems, fmt.Sprintf("prevResult says %s but IPAM holds %s for handle %s", prevAddr, allocated, handle))
+			case !ok:
+				addr = prevAddr
+			}
+		}
+
+		if addr.IsValid() {
+			found, err := checkWorkload(workload{ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, Addr: addr})
+			if err != nil {
+				return err
+			}
+			problems = append(problems, found...)
+		}
+		if len(problems) > 0 {
+			return &checkFailedError{ContainerID: args.ContainerID, Problems: problems}
+		}
+		log.Info("workload is intact", "address", addr)
+		return nil
+	})
 }
 
 // resultAddress finds the address a result gives the named container interface.

@@ -14,30 +14,20 @@ import (
 // an error (after the veth is gone), so the runtime retries and the address is not leaked.
 func cmdDel(ctx context.Context, inv *invocation) error {
 	args, cfg, log := inv.Args, inv.Cfg, inv.Log
-	lock, err := acquireHostLock(ctx, cfg.RunDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
-
-	book, err := openAddressBook(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer book.Close()
-
-	deleted, err := tearDownWorkload(args.ContainerID)
-	if err != nil {
-		return fmt.Errorf("delete veth %s: %w", hostVethName(args.ContainerID), err)
-	}
-	if deleted {
-		log.Info("deleted veth", "veth", hostVethName(args.ContainerID))
-	} else {
-		log.Info("no veth to delete", "veth", hostVethName(args.ContainerID))
-	}
-	if err := book.release(ctx, inv.handle()); err != nil {
-		return err
-	}
-	log.Info("released address", "handle", inv.handle())
-	return nil
+	return underHostLock(ctx, cfg, log, func(book *addressBook) error {
+		deleted, err := tearDownWorkload(args.ContainerID)
+		if err != nil {
+			return fmt.Errorf("delete veth %s: %w", hostVethName(args.ContainerID), err)
+		}
+		if deleted {
+			log.Info("deleted veth", "veth", hostVethName(args.ContainerID))
+		} else {
+			log.Info("no veth to delete", "veth", hostVethName(args.ContainerID))
+		}
+		if err := book.release(ctx, inv.handle()); err != nil {
+			return err
+		}
+		log.Info("released address", "handle", inv.handle())
+		return nil
+	})
 }

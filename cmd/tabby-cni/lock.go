@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -55,4 +56,21 @@ func acquireHostLock(ctx context.Context, runDir string) (*hostLock, error) {
 // Release gives the lock up. Closing the descriptor releases the flock.
 func (l *hostLock) Release() error {
 	return l.f.Close()
+}
+
+// underHostLock runs fn with the host lock held and the address book open, which is how
+// every command that touches a workload must run: the lock serializes ADD, DEL and CHECK
+// on this host, and the book is released before the lock.
+func underHostLock(ctx context.Context, cfg *config, log *slog.Logger, fn func(*addressBook) error) error {
+	lock, err := acquireHostLock(ctx, cfg.RunDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	book, err := openAddressBook(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer book.Close()
+	return fn(book)
 }
