@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/nat"
 	"github.com/tabby-net/tabby/routing"
 	"github.com/tabby-net/tabby/routing/bgp"

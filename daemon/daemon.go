@@ -20,7 +20,7 @@ import (
 	"github.com/tabby-net/tabby/daemon/health"
 	"github.com/tabby-net/tabby/daemon/metrics"
 	"github.com/tabby-net/tabby/daemon/sdnotify"
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/internal/version"
 )
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 func TestServeAndStaleSocket(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
 )
 

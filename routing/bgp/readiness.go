@@ -4,7 +4,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // ReadinessGrace is how long after start every peer must be Established for the node to be

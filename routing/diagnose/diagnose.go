@@ -13,7 +13,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
 )
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // columns is the number of columns of the peer table.

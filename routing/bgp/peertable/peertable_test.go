@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/statusapi"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
