@@ -6,8 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // wiring is the running daemon's subsystems and the loop that feeds them.

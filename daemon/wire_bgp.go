@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/daemon/metrics"
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/routing"
 	"github.com/tabby-net/tabby/routing/bgp"
 )

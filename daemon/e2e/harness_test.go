@@ -30,8 +30,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/lab"
 )
 

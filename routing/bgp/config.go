@@ -8,9 +8,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/datastore/selector"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // Defaults from SPEC §3 and §7, Calico's own.

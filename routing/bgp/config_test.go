@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // snapBuilder makes snapshots for the table tests.

@@ -20,8 +20,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/routing"
 	"github.com/tabby-net/tabby/routing/bgp"
 	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"

@@ -13,8 +13,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // Local is what the diagnosing host knows about itself.

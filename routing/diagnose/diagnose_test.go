@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
 // fabric is a fake network between the local host and the articles' nodes, with the
