@@ -391,7 +391,9 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("etcd outage", func(t *testing.T) {
-		const outage = 5 * time.Second
+		// 30 s: well past the syncer's dead-watch detection and the etcd client's reconnect
+		// backoff, so the daemon really runs for a while with no datastore at all.
+		const outage = 30 * time.Second
 		dir := t.TempDir()
 		before := map[string][]string{}
 		mons := map[string]*process{}
