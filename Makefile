@@ -85,5 +85,13 @@ test-unit:
 demo: deps build
 	./scripts/demo.sh
 
+# Benchmarks of issue 8 (bench/run.sh): cold sync, start-up at scale, propagation, join
+# cost, memory, BGP mesh, datapath and restart, each figure next to a reference measured in
+# the same run, as root in throwaway network namespaces; about 8 minutes. QUICK=1 for
+# fewer repetitions.
+.PHONY: bench
+bench: deps build
+	GO='$(GO)' QUICK='$(QUICK)' ./bench/run.sh
+
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tabby-net/tabby/daemon"
+)
+
+// tabbydChild runs tabbyd's daemon.Run, the whole of `tabbyd run` but its flag parsing,
+// with profiling, writing into TABBY_BENCH_PROFILE_DIR: a CPU profile of the first
+// TABBY_BENCH_CPU_SECONDS (none when unset) as cpu.pprof, a heap profile on every SIGUSR1
+// (heap-N.pprof), and a CPU profile between two SIGUSR2 (cpu-N.pprof). The
+// configuration file is TABBY_BENCH_CONFIG.
+func tabbydChild() int {
+	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
+	cfg, err := daemon.LoadConfig(daemon.LoadOptions{File: os.Getenv("TABBY_BENCH_CONFIG")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var cpu cpuProfiler
+	defer cpu.stop()
+	if v, err := time.ParseDuration(os.Getenv("TABBY_BENCH_CPU_SECONDS") + "s"); err == nil && v > 0 {
+		if err := cpu.start(filepath.Join(dir, "cpu.pprof")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		time.AfterFunc(v, cpu.stop)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		heaps, cpus := 0, 0
+		for sig := range sigs {
+			switch {
+			case sig == syscall.SIGUSR1:
+				heaps++
+				runtime.GC()
+				f, err := os.Create(filepath.Join(dir, fmt.Sprintf("heap-%d.pprof", heaps)))
+				if err != nil {
+					continue
+				}
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			case cpu.running():
+				cpu.stop()
+			default:
+				cpus++
+				if err := cpu.start(filepath.Join(dir, fmt.Sprintf("cpu-%d.pprof", cpus))); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+				}
+			}
+		}
+	}()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if err := daemon.Run(ctx, cfg, log, daemon.Options{RTProtosDir: os.Getenv("TABBY_BENCH_RTPROTOS")}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// cpuProfiler is one CPU profile at a time, started and stopped from any goroutine.
+type cpuProfiler struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func (p *cpuProfiler) start(path string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.f != nil {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	p.f = f
+	return nil
+}
+
+func (p *cpuProfiler) running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.f != nil
+}
+
+func (p *cpuProfiler) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.f == nil {
+		return
+	}
+	pprof.StopCPUProfile()
+	p.f.Close()
+	p.f = nil
+}
+
+// startProfiled starts tabbydChild on a host, with its profiles going to dir.
+func (e *env) startProfiled(host, logName, dir string, cpuSeconds int, o tabbydOptions) *proc {
+	e.tb.Helper()
+	cfg := e.writeConfig(host, o)
+	return e.start(e.hostNS(host), logName, append([]string{
+		childEnv + "=tabbyd", "TABBY_BENCH_CONFIG=" + cfg, "TABBY_BENCH_PROFILE_DIR=" + dir,
+		fmt.Sprintf("TABBY_BENCH_CPU_SECONDS=%d", cpuSeconds), "TABBY_BENCH_RTPROTOS=" + filepath.Join(e.dir, host, "rtprotos"),
+	}, o.env...), os.Args[0])
+}
+
+// BenchmarkProfileStartup5000 profiles a joining tabbyd (BenchmarkStartup5000's scenario)
+// with tabbydChild: a CPU profile of its first seconds and heap profiles once every route
+// is in and again a few seconds later. It runs only when TABBY_BENCH_PROFILE_DIR names
+// the directory for the profiles (bench/profile.sh sets it and prints the top entries).
+func BenchmarkProfileStartup5000(b *testing.B) {
+	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
+	if dir == "" {
+		b.Skip("TABBY_BENCH_PROFILE_DIR is not set")
+	}
+	ctx := context.Background()
+	e := newEnv(b, "joiner")
+	c := e.startEtcd(ctx)
+	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: perBlockFromEnv()})
+	for b.Loop() {
+		w := watchRoutes(b, e.hostNS("joiner"))
+		p := e.startProfiled("joiner", "tabbyd-profile", dir, 3, tabbydOptions{logLevel: os.Getenv("TABBY_BENCH_LOGLEVEL")})
+		last, err := w.waitPresent(startupNodes, 60*time.Second)
+		if err != nil {
+			b.Fatalf("%v\n%s", err, p.tail(30))
+		}
+		rss, peak, _ := procMemory(p.pid())
+		figure(b, "profile", "all routes after %.0f ms; RSS %.1f MB, peak %.1f MB; profiles in %s", ms(last.Sub(p.started)), rss, peak, dir)
+		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(4 * time.Second)
+		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(500 * time.Millisecond)
+		rss, peak, _ = procMemory(p.pid())
+		figure(b, "profile", "4 s later: RSS %.1f MB, peak %.1f MB", rss, peak)
+		p.stop(10 * time.Second)
+		w.close()
+		if os.Getenv("TABBY_BENCH_LOGLEVEL") != "" {
+			fmt.Println(p.tail(60))
+		}
+	}
+}
+
+// perBlockFromEnv is TABBY_BENCH_PER_BLOCK (allocated addresses per block), 1 by default.
+func perBlockFromEnv() int {
+	if v, err := strconv.Atoi(os.Getenv("TABBY_BENCH_PER_BLOCK")); err == nil && v >= 0 && v <= 64 {
+		return v
+	}
+	return 1
+}
+
+// BenchmarkProfileWrites5000 profiles a converged tabbyd of 5,000 nodes while
+// BenchmarkPropagation1000's paced writes arrive: the CPU profile covers the writes only.
+// It runs only when TABBY_BENCH_PROFILE_DIR is set.
+func BenchmarkProfileWrites5000(b *testing.B) {
+	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
+	if dir == "" {
+		b.Skip("TABBY_BENCH_PROFILE_DIR is not set")
+	}
+	ctx := context.Background()
+	e := newEnv(b, "joiner")
+	c := e.startEtcd(ctx)
+	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
+	w := watchRoutes(b, e.hostNS("joiner"))
+	p := e.startProfiled("joiner", "tabbyd-profile-writes", dir, 0, tabbydOptions{})
+	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
+		b.Fatalf("%v\n%s", err, p.tail(30))
+	}
+	ew := watchEtcd(ctx, b, c, c.Keys.BlockPrefix())
+	time.Sleep(time.Second)
+	for b.Loop() {
+		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		r := propagate(ctx, b, c, w, ew, 5*time.Millisecond)
+		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		figure(b, "profile", "paced writes: p50 %.1f ms, p99 %.1f ms; CPU profiles in %s", r.route.quantile(0.5), r.route.quantile(0.99), dir)
+	}
+	time.Sleep(200 * time.Millisecond)
+}
