@@ -310,11 +310,13 @@ func BenchmarkRestart(b *testing.B) {
 			if err := c.StartTabbyd("worker-1"); err != nil {
 				b.Fatal(err)
 			}
-			if !waitFor(30*time.Second, 20*time.Millisecond, func() bool {
-				ok, _, err := c.Readiness(ctx, "worker-1")
+			var body string
+			if !waitFor(60*time.Second, 20*time.Millisecond, func() bool {
+				ok, text, err := c.Readiness(ctx, "worker-1")
+				body = text
 				return err == nil && ok
 			}) {
-				b.Fatal("worker-1's tabbyd not ready 30 s after its restart")
+				b.Fatalf("worker-1's tabbyd not ready 60 s after its restart: %s", body)
 			}
 			restartTook = time.Since(t0)
 			ready = append(ready, ms(restartTook))
