@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -29,7 +30,18 @@ const (
 	exitUsage   = 2
 )
 
+// defaultGCPercent is tabbyd's GOGC when the environment sets none. Most of tabbyd's heap
+// is the datastore snapshot, which lives as long as the process, and Go's default of 100
+// lets the heap grow to twice that between collections: at 5,000 nodes that headroom alone
+// took the resident memory over 60 MB. 75 keeps it near 55 MB (bench's BenchmarkMemory5000)
+// with no measurable cost in propagation (BenchmarkPropagation1000) or start-up; and unlike a
+// fixed memory limit it cannot make a much larger cluster's daemon collect without end.
+const defaultGCPercent = 75
+
 func main() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
