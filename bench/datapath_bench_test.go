@@ -310,13 +310,19 @@ func BenchmarkRestart(b *testing.B) {
 			if err := c.StartTabbyd("worker-1"); err != nil {
 				b.Fatal(err)
 			}
-			var body string
+			var why string
 			if !waitFor(60*time.Second, 20*time.Millisecond, func() bool {
 				ok, text, err := c.Readiness(ctx, "worker-1")
-				body = text
+				why = text
+				if err != nil {
+					why = err.Error()
+				}
 				return err == nil && ok
 			}) {
-				b.Fatalf("worker-1's tabbyd not ready 60 s after its restart: %s", body)
+				log, _ := os.ReadFile(filepath.Join(c.StateDir, "tabbyd-worker-1.log"))
+				lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+				b.Fatalf("worker-1's tabbyd not ready 60 s after its restart: %s\nlast lines of its log:\n%s",
+					why, strings.Join(lines[max(0, len(lines)-15):], "\n"))
 			}
 			restartTook = time.Since(t0)
 			ready = append(ready, ms(restartTook))
