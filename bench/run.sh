@@ -4,7 +4,8 @@
 # bench` runs it after `make build` (the benchmarks start bin/tabbyd). About 8 minutes.
 #
 #   bench/run.sh                 # everything
-#   BENCH='Startup|Memory' bench/run.sh   # only the whole-daemon benchmarks that match
+#   BENCH='Startup|Memory' bench/run.sh   # only the benchmarks that match ("routing" for
+#                                          # bench/routing.sh)
 #   QUICK=1 bench/run.sh         # fewer repetitions, no 100,000-route cold sync
 #
 # The machine is shared: every figure carries the load average it was measured under, and
@@ -42,13 +43,16 @@ echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
 # 1 and 4: the kernel reconciler alone (the routing package's benchmarks).
-echo "== routing: cold sync against a bare RouteReplace loop, one join among 5,000, Desired"
-if [[ -n ${QUICK:-} ]]; then
-	QUICK=1 GO="$GO" bench/routing.sh | tee "$work/routing.txt"
-else
-	GO="$GO" bench/routing.sh | tee "$work/routing.txt"
+touch "$work/routing.txt"
+if [[ -z ${BENCH:-} || routing =~ $BENCH ]]; then
+	echo "== routing: cold sync against a bare RouteReplace loop, one join among 5,000, Desired"
+	if [[ -n ${QUICK:-} ]]; then
+		QUICK=1 GO="$GO" bench/routing.sh | tee "$work/routing.txt"
+	else
+		GO="$GO" bench/routing.sh | tee "$work/routing.txt"
+	fi
+	echo
 fi
-echo
 
 # 2, 3, 4 (whole daemon), 5, 6, 7, 8: real tabbyd processes.
 "$GO" test -c -o "$work/bench.test" ./bench/
