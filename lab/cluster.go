@@ -202,30 +202,18 @@ func (c *Cluster) sayLogTails(lines int) {
 }
 
 // Down stops every process of the lab and removes its namespaces and state. It works on
-// a half-made lab and after a crash that lost the state directory: processes are found
-// by namespace (every process of the lab runs in one of its namespaces), and by PID file
-// for one whose namespace is gone already. A PID from a file is signalled only while it
-// still runs one of the lab's programs, so a recycled PID is never hit. All get SIGTERM
-// at once, SIGKILL after a grace period.
+// a half-made lab and after a crash that lost the state directory. Every process the lab
+// starts runs inside one of its namespaces, so processes are found by namespace (inode),
+// never by PID file or program name: a PID this lab recorded may by now belong to another
+// lab's tabbyd (PIDs wrap quickly), and signalling it would break that lab. All get
+// SIGTERM at once, SIGKILL after a grace period.
 func (c *Cluster) Down() error {
 	var errs []error
-	var pids []int
-	if entries, err := os.ReadDir(c.StateDir); err == nil {
-		for _, e := range entries {
-			if !strings.HasSuffix(e.Name(), ".pid") {
-				continue
-			}
-			pid, err := readPID(filepath.Join(c.StateDir, e.Name()))
-			if err == nil && pid > 0 && (pidRuns(pid, "tabbyd") || pidRuns(pid, "tabbylab") || pidRuns(pid, "bird")) {
-				pids = append(pids, pid)
-			}
-		}
-	}
 	names, err := listNamedNS(c.Topo.Prefix + "-")
 	errs = append(errs, err)
 	inNS, err := procsInNamespaces(names)
 	errs = append(errs, err)
-	all := append(pids, inNS...)
+	all := inNS
 	errs = append(errs, stopAll(all, 5*time.Second))
 	errs = append(errs, c.Topo.Destroy())
 	errs = append(errs, os.RemoveAll(c.StateDir))
