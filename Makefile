@@ -13,7 +13,7 @@ STATICCHECK_VERSION := v0.8.2
 export CGO_ENABLED := 0
 
 # Debian packages the tests, the lab and the demo use.
-APT_PACKAGES := iproute2 iptables ipset nftables bird2 iputils-ping etcd-server etcd-client iperf3 tcpdump procps util-linux
+APT_PACKAGES := iproute2 iptables ipset nftables bird2 iputils-ping etcd-server etcd-client iperf3 tcpdump procps util-linux systemd
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build deps test test-unit lint demo clean fmt
