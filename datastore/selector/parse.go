@@ -53,6 +53,12 @@ func (p *parser) skipSpace() {
 }
 
 // consume skips blanks and then tok if it is next, reporting whether it was.
+// peekIs reports whether tok comes next, without consuming it.
+func (p *parser) peekIs(tok string) bool {
+	p.skipSpace()
+	return strings.HasPrefix(p.src[p.pos:], tok)
+}
+
 func (p *parser) consume(tok string) bool {
 	p.skipSpace()
 	if strings.HasPrefix(p.src[p.pos:], tok) {
@@ -70,61 +76,46 @@ func (p *parser) expect(tok, context string) error {
 }
 
 func (p *parser) parseOr(depth int) (node, error) {
-	first, err := p.parseAnd(depth)
-	if err != nil {
-		return nil, err
-	}
-	xs := []node{first}
-	for p.consume("||") {
-		x, err := p.parseAnd(depth)
-		if err != nil {
-			return nil, err
-		}
-		xs = append(xs, x)
-	}
-	if len(xs) == 1 {
-		return first, nil
-	}
-	var flat []node
-	for _, x := range xs {
-		if inner, ok := x.(orNode); ok {
-			flat = append(flat, inner.xs...)
-		} else {
-			flat = append(flat, x)
-		}
-	}
-	return orNode{xs: flat}, nil
+	return p.parseChain(depth, "||", p.parseAnd,
+		func(n node) ([]node, bool) { o, ok := n.(orNode); return o.xs, ok },
+		func(xs []node) node { return orNode{xs: xs} })
 }
 
 func (p *parser) parseAnd(depth int) (node, error) {
-	first, err := p.parseUnary(depth)
+	return p.parseChain(depth, "&&", p.parseUnary,
+		func(n node) ([]node, bool) { a, ok := n.(andNode); return a.xs, ok },
+		func(xs []node) node { return andNode{xs: xs} })
+}
+
+// parseChain parses operands joined by op. Operands that are themselves op-chains are
+// merged ((a && b) && c is a && b && c), so that every selector has one canonical String.
+func (p *parser) parseChain(depth int, op string, operand func(int) (node, error),
+	members func(node) ([]node, bool), join func([]node) node) (node, error) {
+	first, err := operand(depth)
 	if err != nil {
 		return nil, err
 	}
-	xs := []node{first}
-	for p.consume("&&") {
-		x, err := p.parseUnary(depth)
-		if err != nil {
-			return nil, err
-		}
-		xs = append(xs, x)
-	}
-	if len(xs) == 1 {
+	if !p.peekIs(op) {
 		return first, nil
 	}
 	var flat []node
-	for _, x := range xs {
-		if inner, ok := x.(andNode); ok {
-			flat = append(flat, inner.xs...)
+	add := func(x node) {
+		if inner, ok := members(x); ok {
+			flat = append(flat, inner...)
 		} else {
 			flat = append(flat, x)
 		}
 	}
-	return andNode{xs: flat}, nil
+	add(first)
+	for p.consume(op) {
+		x, err := operand(depth)
+		if err != nil {
+			return nil, err
+		}
+		add(x)
+	}
+	return join(flat), nil
 }
-
-// Operands that are themselves the same operator are merged ((a && b) && c is a && b && c),
-// so that every selector has one canonical String.
 
 func (p *parser) parseUnary(depth int) (node, error) {
 	if depth >= maxDepth {
