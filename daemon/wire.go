@@ -83,6 +83,9 @@ func (w *wiring) loop(ctx context.Context) error {
 	defer unsubscribe()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	// The first complete route pass decides READY=1: react to it at once rather than on
+	// the next tick (up to a second later at scale). Closed once, so watched once.
+	routesSynced := w.routes.k.Synced()
 	for {
 		w.d.health.Beat(loopMain, 30*time.Second)
 		select {
@@ -101,6 +104,8 @@ func (w *wiring) loop(ctx context.Context) error {
 			w.apply(false)
 		case <-w.routes.underlayChanged():
 			w.apply(true)
+		case <-routesSynced:
+			routesSynced = nil
 		case <-w.node.changed():
 		case <-w.d.health.Changed():
 		case <-tick.C:
