@@ -54,22 +54,74 @@ type pool struct {
 	vxlan datastore.EncapMode
 }
 
-// desiredBuilder accumulates one Desired computation.
-type desiredBuilder struct {
-	snap  *datastore.Snapshot
+// rules are the facts every route of a block depends on besides the block, its affinity
+// and the nodes it names: the host, its own Node and the pools. They also yield the
+// State's devices, pod MTU and pool list. Desired derives them on each call; a Planner
+// keeps the routes of every block for as long as its rules stay equal.
+type rules struct {
 	local Local
 
 	selfAddr   netip.Addr   // the local node's underlay address, if it has one
 	selfSubnet netip.Prefix // its ipv4Address prefix, masked: "the same subnet" of CrossSubnet
-	pools      []pool
+	pools      []pool       // by name
 
-	state     State
-	routes    map[netip.Prefix]Route
-	neighbors map[netip.Addr]Neighbor
-	fdb       map[string]FDBEntry // by MAC bytes
+	tunl0    *IPIPDevice
+	vxlan    *VXLANDevice
+	podMTU   int
+	problems []string // about the local node and host, in the order found
+}
 
-	problems map[string]bool
-	skipped  map[string]int // routes not installed, by reason
+// newRules derives the rules from the local node, the pools and the host's facts.
+func newRules(self *datastore.Node, pools map[string]*datastore.IPPool, local Local) *rules {
+	r := &rules{local: local}
+	if addr, subnet, ok := nodeAddress(self); ok {
+		r.selfAddr, r.selfSubnet = addr, subnet
+	} else {
+		r.problem("local node %q has no valid spec.bgp.ipv4Address: CrossSubnet treats every node as outside its subnet and vxlan.tabby cannot be configured", local.NodeName)
+	}
+	r.parsePools(pools)
+	r.devices(self)
+	return r
+}
+
+// equal reports whether two sets of rules yield the same routes for every block and the
+// same devices: the Underlay is compared by value, the devices by content.
+func (r *rules) equal(o *rules) bool {
+	return r.local.NodeName == o.local.NodeName && r.local.NIC == o.local.NIC &&
+		r.local.HostMTU == o.local.HostMTU && slices.Equal(r.local.Underlay, o.local.Underlay) &&
+		r.selfAddr == o.selfAddr && r.selfSubnet == o.selfSubnet && slices.Equal(r.pools, o.pools) &&
+		equalPtr(r.tunl0, o.tunl0, func(a, b IPIPDevice) bool { return a == b }) &&
+		equalPtr(r.vxlan, o.vxlan, func(a, b VXLANDevice) bool { return a.String() == b.String() }) &&
+		r.podMTU == o.podMTU && slices.Equal(r.problems, o.problems)
+}
+
+// equalPtr compares two optional values: both absent, or both present and equal.
+func equalPtr[T any](a, b *T, eq func(a, b T) bool) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return eq(*a, *b)
+}
+
+func (r *rules) problem(format string, args ...any) {
+	r.problems = append(r.problems, fmt.Sprintf(format, args...))
+}
+
+// emitter receives what the rules yield for blocks and learned routes, in order. Desired's
+// assembler builds a State from it directly; a Planner records each block's share, so
+// that a change of one block costs only that block.
+type emitter interface {
+	// route wants r in the main table.
+	route(r Route)
+	// vxlanRoute wants r (through vxlan.tabby, r.Gateway being the remote tunnel address)
+	// with the neighbour and FDB entry it needs; node names the remote node.
+	vxlanRoute(r Route, mac net.HardwareAddr, nodeIP netip.Addr, node string)
+	// skip counts one route left out, for the reason given.
+	skip(reason string)
+	// problem reports something that cannot be routed.
+	problem(msg string)
+	// usesNode records that what was emitted depends on the Node named node, present or not.
+	usesNode(node string)
 }
 
 // Desired computes the kernel state the local host must have (SPEC §5) from a datastore
@@ -86,33 +138,36 @@ type desiredBuilder struct {
 // A snapshot without the local node yields a State with Hold set; what cannot be routed
 // (a node without an address, a block outside every pool, a tunnel the local node has no
 // address for) is left out and listed in Problems.
+//
+// Desired recomputes everything from the whole snapshot; a Planner gives the same result
+// at the cost of what changed since its previous call.
 func Desired(snap *datastore.Snapshot, local Local, learned []LearnedRoute) State {
+	if hold, ok := holdReason(snap, local); !ok {
+		return State{Hold: hold}
+	}
+	r := newRules(snap.Nodes[local.NodeName], snap.Pools, local)
+	a := newAssembler(len(snap.Blocks) + len(learned))
+	for _, p := range r.problems {
+		a.problem(p)
+	}
+	cidrs := slices.AppendSeq(make([]netip.Prefix, 0, len(snap.Blocks)), maps.Keys(snap.Blocks))
+	slices.SortFunc(cidrs, comparePrefix)
+	for _, cidr := range cidrs {
+		r.block(a, snap, cidr, snap.Blocks[cidr])
+	}
+	r.learned(a, learned, a.has)
+	return a.finish(r)
+}
+
+// holdReason says why no State can be computed from snap, if so (ok false).
+func holdReason(snap *datastore.Snapshot, local Local) (reason string, ok bool) {
 	if snap == nil {
-		return State{Hold: "no datastore snapshot yet"}
+		return "no datastore snapshot yet", false
 	}
-	self, ok := snap.Nodes[local.NodeName]
-	if !ok {
-		return State{Hold: fmt.Sprintf("local node %q is not in the datastore", local.NodeName)}
+	if _, ok := snap.Nodes[local.NodeName]; !ok {
+		return fmt.Sprintf("local node %q is not in the datastore", local.NodeName), false
 	}
-	b := &desiredBuilder{
-		snap:      snap,
-		local:     local,
-		routes:    make(map[netip.Prefix]Route, len(snap.Blocks)+len(learned)),
-		neighbors: map[netip.Addr]Neighbor{},
-		fdb:       map[string]FDBEntry{},
-		problems:  map[string]bool{},
-		skipped:   map[string]int{},
-	}
-	if addr, subnet, ok := nodeAddress(self); ok {
-		b.selfAddr, b.selfSubnet = addr, subnet
-	} else {
-		b.problem("local node %q has no valid spec.bgp.ipv4Address: CrossSubnet treats every node as outside its subnet and vxlan.tabby cannot be configured", local.NodeName)
-	}
-	b.parsePools()
-	b.devices(self)
-	b.blocks()
-	b.learned(learned)
-	return b.finish()
+	return "", true
 }
 
 // nodeAddress returns a node's underlay address and its subnet (the prefix of
@@ -146,23 +201,14 @@ func parseTunnelAddr(s string) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-func (b *desiredBuilder) problem(format string, args ...any) {
-	b.problems[fmt.Sprintf(format, args...)] = true
-}
-
-func (b *desiredBuilder) skip(format string, args ...any) {
-	b.skipped[fmt.Sprintf(format, args...)]++
-}
-
-func (b *desiredBuilder) parsePools() {
-	for _, name := range slices.Sorted(maps.Keys(b.snap.Pools)) {
-		p := b.snap.Pools[name]
+func (r *rules) parsePools(pools map[string]*datastore.IPPool) {
+	for _, name := range slices.Sorted(maps.Keys(pools)) {
+		p := pools[name]
 		cidr, err := netip.ParsePrefix(p.Spec.CIDR)
 		if err != nil || !cidr.Addr().Is4() {
 			continue // the syncer only hands over valid pools; IPv6 pools are not routed here
 		}
-		b.pools = append(b.pools, pool{name: name, cidr: cidr.Masked(), ipip: modeOf(p.Spec.IPIPMode), vxlan: modeOf(p.Spec.VXLANMode)})
-		b.state.Pools = append(b.state.Pools, cidr.Masked())
+		r.pools = append(r.pools, pool{name: name, cidr: cidr.Masked(), ipip: modeOf(p.Spec.IPIPMode), vxlan: modeOf(p.Spec.VXLANMode)})
 	}
 }
 
@@ -174,8 +220,8 @@ func modeOf(m datastore.EncapMode) datastore.EncapMode {
 }
 
 // poolFor returns the pool that contains p.
-func (b *desiredBuilder) poolFor(p netip.Prefix) (pool, bool) {
-	for _, pl := range b.pools {
+func (r *rules) poolFor(p netip.Prefix) (pool, bool) {
+	for _, pl := range r.pools {
 		if pl.cidr.Bits() <= p.Bits() && pl.cidr.Contains(p.Addr()) {
 			return pl, true
 		}
@@ -185,13 +231,13 @@ func (b *desiredBuilder) poolFor(p netip.Prefix) (pool, bool) {
 
 // devices decides which tunnel devices the host needs and the pod MTU. Pools count whether
 // enabled or not: the routes of a disabled pool stay, and so must the devices they use.
-func (b *desiredBuilder) devices(self *datastore.Node) {
+func (r *rules) devices(self *datastore.Node) {
 	var anyIPIP, anyVXLAN bool
-	for _, p := range b.pools {
+	for _, p := range r.pools {
 		anyIPIP = anyIPIP || p.ipip != datastore.EncapNever
 		anyVXLAN = anyVXLAN || p.vxlan != datastore.EncapNever
 	}
-	mtu := b.local.HostMTU
+	mtu := r.local.HostMTU
 	if anyIPIP {
 		var addr netip.Addr
 		var ok bool
@@ -199,9 +245,9 @@ func (b *desiredBuilder) devices(self *datastore.Node) {
 			addr, ok = parseTunnelAddr(self.Spec.BGP.IPv4IPIPTunnelAddr)
 		}
 		if ok {
-			b.state.Tunl0 = &IPIPDevice{Address: addr, MTU: minus(mtu, IPIPOverhead)}
+			r.tunl0 = &IPIPDevice{Address: addr, MTU: minus(mtu, IPIPOverhead)}
 		} else {
-			b.problem("local node %q has no IPIP tunnel address: tunl0 is not configured", b.local.NodeName)
+			r.problem("local node %q has no IPIP tunnel address: tunl0 is not configured", r.local.NodeName)
 		}
 	}
 	if anyVXLAN {
@@ -209,14 +255,14 @@ func (b *desiredBuilder) devices(self *datastore.Node) {
 		mac, errMAC := net.ParseMAC(self.Spec.VXLANTunnelMACAddr)
 		switch {
 		case !okAddr || errMAC != nil || len(mac) != 6:
-			b.problem("local node %q has no VXLAN tunnel address or VTEP MAC: vxlan.tabby is not configured", b.local.NodeName)
-		case !b.selfAddr.IsValid():
+			r.problem("local node %q has no VXLAN tunnel address or VTEP MAC: vxlan.tabby is not configured", r.local.NodeName)
+		case !r.selfAddr.IsValid():
 			// Reported with the missing address.
-		case b.local.NIC == "":
-			b.problem("the interface of the node address is unknown: vxlan.tabby is not configured")
+		case r.local.NIC == "":
+			r.problem("the interface of the node address is unknown: vxlan.tabby is not configured")
 		default:
-			b.state.VXLAN = &VXLANDevice{
-				VNI: VXLANVNI, Port: VXLANPort, Source: b.selfAddr, Parent: b.local.NIC,
+			r.vxlan = &VXLANDevice{
+				VNI: VXLANVNI, Port: VXLANPort, Source: r.selfAddr, Parent: r.local.NIC,
 				MAC: mac, Address: addr, MTU: minus(mtu, VXLANOverhead),
 			}
 		}
@@ -224,11 +270,11 @@ func (b *desiredBuilder) devices(self *datastore.Node) {
 	switch {
 	case mtu <= 0:
 	case anyVXLAN:
-		b.state.PodMTU = mtu - VXLANOverhead
+		r.podMTU = mtu - VXLANOverhead
 	case anyIPIP:
-		b.state.PodMTU = mtu - IPIPOverhead
+		r.podMTU = mtu - IPIPOverhead
 	default:
-		b.state.PodMTU = mtu
+		r.podMTU = mtu
 	}
 }
 
@@ -239,35 +285,32 @@ func minus(mtu, overhead int) int {
 	return mtu - overhead
 }
 
-// blocks adds the route of every confirmed block and the /32 of every borrowed address.
-func (b *desiredBuilder) blocks() {
-	cidrs := slices.AppendSeq(make([]netip.Prefix, 0, len(b.snap.Blocks)), maps.Keys(b.snap.Blocks))
-	slices.SortFunc(cidrs, comparePrefix)
-	for _, cidr := range cidrs {
-		blk := b.snap.Blocks[cidr]
-		if blk.Deleted || !cidr.Addr().Is4() {
-			continue
-		}
-		pl, ok := b.poolFor(cidr)
-		if !ok {
-			b.problem("block %s is outside every pool: ignored", cidr)
-			continue
-		}
-		if owner, ok := b.snap.BlockOwner(cidr); ok {
-			if owner == b.local.NodeName {
-				b.routes[cidr] = Route{Dst: cidr, Blackhole: true, Kind: KindBlackhole}
-			} else {
-				b.routeTo(cidr, pl, owner)
-			}
-		}
-		b.borrowed(cidr, blk, pl)
+// block emits the route of a confirmed block and the /32 of every address borrowed from it.
+// What it emits depends on the block, its owner's affinity, the rules and the nodes it
+// reports with usesNode, nothing else.
+func (r *rules) block(e emitter, snap *datastore.Snapshot, cidr netip.Prefix, blk *datastore.AllocationBlock) {
+	if blk.Deleted || !cidr.Addr().Is4() {
+		return
 	}
+	pl, ok := r.poolFor(cidr)
+	if !ok {
+		e.problem(fmt.Sprintf("block %s is outside every pool: ignored", cidr))
+		return
+	}
+	if owner, ok := snap.BlockOwner(cidr); ok {
+		if owner == r.local.NodeName {
+			e.route(Route{Dst: cidr, Blackhole: true, Kind: KindBlackhole})
+		} else {
+			r.routeTo(e, snap.Nodes, cidr, pl, owner)
+		}
+	}
+	r.borrowed(e, snap.Nodes, cidr, blk, pl)
 }
 
-// borrowed adds a /32 for each address of the block used by a node other than its affine
+// borrowed emits a /32 for each address of the block used by a node other than its affine
 // host, towards that node. The block's own route (if any) covers the rest; the /32 wins by
 // being more specific.
-func (b *desiredBuilder) borrowed(cidr netip.Prefix, blk *datastore.AllocationBlock, pl pool) {
+func (r *rules) borrowed(e emitter, nodes map[string]*datastore.Node, cidr netip.Prefix, blk *datastore.AllocationBlock, pl pool) {
 	affine := blk.AffinityHost()
 	ip := cidr.Addr()
 	for ord, idx := range blk.Allocations {
@@ -278,104 +321,95 @@ func (b *desiredBuilder) borrowed(cidr netip.Prefix, blk *datastore.AllocationBl
 			continue
 		}
 		user := blk.Attributes[*idx].Secondary["node"]
-		if user == "" || user == affine || user == b.local.NodeName {
+		if user == "" || user == affine || user == r.local.NodeName {
 			continue
 		}
 		if !cidr.Contains(ip) {
 			break
 		}
-		b.routeTo(netip.PrefixFrom(ip, 32), pl, user)
+		r.routeTo(e, nodes, netip.PrefixFrom(ip, 32), pl, user)
 	}
 }
 
-// routeTo adds the route to dst, owned or used by the remote node named node, in the mode
+// routeTo emits the route to dst, owned or used by the remote node named node, in the mode
 // of pool pl (the table of SPEC §5).
-func (b *desiredBuilder) routeTo(dst netip.Prefix, pl pool, node string) {
-	n, ok := b.snap.Nodes[node]
+func (r *rules) routeTo(e emitter, nodes map[string]*datastore.Node, dst netip.Prefix, pl pool, node string) {
+	e.usesNode(node)
+	n, ok := nodes[node]
 	if !ok {
-		b.skip("node %q is not in the datastore", node)
+		e.skip(fmt.Sprintf("node %q is not in the datastore", node))
 		return
 	}
 	nodeIP, _, ok := nodeAddress(n)
 	if !ok {
-		b.skip("node %q has no valid spec.bgp.ipv4Address", node)
+		e.skip(fmt.Sprintf("node %q has no valid spec.bgp.ipv4Address", node))
 		return
 	}
-	sameSubnet := b.selfSubnet.IsValid() && b.selfSubnet.Contains(nodeIP)
+	sameSubnet := r.selfSubnet.IsValid() && r.selfSubnet.Contains(nodeIP)
 	switch {
 	case pl.vxlan == datastore.EncapAlways || (pl.vxlan == datastore.EncapCrossSubnet && !sameSubnet):
-		b.vxlanRoute(dst, n, node, nodeIP)
+		r.vxlanRoute(e, dst, n, node, nodeIP)
 	case pl.vxlan == datastore.EncapCrossSubnet:
-		b.directRoute(dst, node, nodeIP)
+		r.directRoute(e, dst, node, nodeIP)
 	case pl.ipip == datastore.EncapAlways || (pl.ipip == datastore.EncapCrossSubnet && !sameSubnet):
-		if b.state.Tunl0 == nil {
-			b.skip("local node %q has no IPIP tunnel address, routes via %s", b.local.NodeName, DeviceIPIP)
+		if r.tunl0 == nil {
+			e.skip(fmt.Sprintf("local node %q has no IPIP tunnel address, routes via %s", r.local.NodeName, DeviceIPIP))
 			return
 		}
-		b.routes[dst] = Route{Dst: dst, Gateway: nodeIP, Dev: DeviceIPIP, OnLink: true, MTU: b.state.Tunl0.MTU, Kind: KindIPIP}
+		e.route(Route{Dst: dst, Gateway: nodeIP, Dev: DeviceIPIP, OnLink: true, MTU: r.tunl0.MTU, Kind: KindIPIP})
 	case pl.ipip == datastore.EncapCrossSubnet:
-		dev := b.local.NIC
+		dev := r.local.NIC
 		if dev == "" {
-			if u, ok := b.lookup(nodeIP); ok {
+			if u, ok := r.lookup(nodeIP); ok {
 				dev = u.Dev
 			}
 		}
 		if dev == "" {
-			b.skip("no interface reaches node %q", node)
+			e.skip(fmt.Sprintf("no interface reaches node %q", node))
 			return
 		}
-		b.routes[dst] = Route{Dst: dst, Gateway: nodeIP, Dev: dev, OnLink: true, Kind: KindDirect}
+		e.route(Route{Dst: dst, Gateway: nodeIP, Dev: dev, OnLink: true, Kind: KindDirect})
 	default:
-		b.directRoute(dst, node, nodeIP)
+		r.directRoute(e, dst, node, nodeIP)
 	}
 }
 
-// directRoute adds an unencapsulated route: via the node itself when it is on-link, else via
-// the gateway the host uses to reach it (recursive, as BIRD does; it works only where the
-// fabric knows the destination, e.g. a router peered over BGP).
-func (b *desiredBuilder) directRoute(dst netip.Prefix, node string, nodeIP netip.Addr) {
-	u, ok := b.lookup(nodeIP)
+// directRoute emits an unencapsulated route: via the node itself when it is on-link, else
+// via the gateway the host uses to reach it (recursive, as BIRD does; it works only where
+// the fabric knows the destination, e.g. a router peered over BGP).
+func (r *rules) directRoute(e emitter, dst netip.Prefix, node string, nodeIP netip.Addr) {
+	u, ok := r.lookup(nodeIP)
 	if !ok {
-		b.skip("no underlay route to node %q (%s)", node, nodeIP)
+		e.skip(fmt.Sprintf("no underlay route to node %q (%s)", node, nodeIP))
 		return
 	}
 	gw := u.Gateway
 	if !gw.IsValid() {
 		gw = nodeIP
 	}
-	b.routes[dst] = Route{Dst: dst, Gateway: gw, Dev: u.Dev, Kind: KindDirect}
+	e.route(Route{Dst: dst, Gateway: gw, Dev: u.Dev, Kind: KindDirect})
 }
 
-// vxlanRoute adds the route through vxlan.tabby with the neighbour and FDB entries it needs.
-func (b *desiredBuilder) vxlanRoute(dst netip.Prefix, n *datastore.Node, node string, nodeIP netip.Addr) {
-	if b.state.VXLAN == nil {
-		b.skip("vxlan.tabby is not configured on the local node, routes via %s", DeviceVXLAN)
+// vxlanRoute emits the route through vxlan.tabby with the neighbour and FDB entry it needs.
+func (r *rules) vxlanRoute(e emitter, dst netip.Prefix, n *datastore.Node, node string, nodeIP netip.Addr) {
+	if r.vxlan == nil {
+		e.skip(fmt.Sprintf("vxlan.tabby is not configured on the local node, routes via %s", DeviceVXLAN))
 		return
 	}
 	tunIP, okAddr := parseTunnelAddr(n.Spec.IPv4VXLANTunnelAddr)
 	mac, errMAC := net.ParseMAC(n.Spec.VXLANTunnelMACAddr)
 	if !okAddr || errMAC != nil || len(mac) != 6 {
-		b.skip("node %q has no VXLAN tunnel address or VTEP MAC", node)
+		e.skip(fmt.Sprintf("node %q has no VXLAN tunnel address or VTEP MAC", node))
 		return
 	}
-	if prev, ok := b.fdb[string(mac)]; ok && prev.Dst != nodeIP {
-		b.skip("VTEP MAC %s is claimed by two nodes (%s and %q)", mac, prev.Dst, node)
-		return
-	}
-	if prev, ok := b.neighbors[tunIP]; ok && !bytes.Equal(prev.MAC, mac) {
-		b.skip("VXLAN tunnel address %s is claimed by two nodes", tunIP)
-		return
-	}
-	b.neighbors[tunIP] = Neighbor{IP: tunIP, MAC: mac}
-	b.fdb[string(mac)] = FDBEntry{MAC: mac, Dst: nodeIP}
-	b.routes[dst] = Route{Dst: dst, Gateway: tunIP, Dev: DeviceVXLAN, OnLink: true, MTU: b.state.VXLAN.MTU, Kind: KindVXLAN}
+	e.vxlanRoute(Route{Dst: dst, Gateway: tunIP, Dev: DeviceVXLAN, OnLink: true, MTU: r.vxlan.MTU, Kind: KindVXLAN}, mac, nodeIP, node)
 }
 
 // lookup finds the underlay route the host uses to reach ip: longest prefix, then lowest
 // metric. An unreachable route matches but yields no next hop.
-func (b *desiredBuilder) lookup(ip netip.Addr) (UnderlayRoute, bool) {
+func (r *rules) lookup(ip netip.Addr) (UnderlayRoute, bool) {
 	best, found := UnderlayRoute{}, false
-	for _, u := range b.local.Underlay {
+	for _, u := range r.local.Underlay {
 		if !u.Dst.Contains(ip) {
 			continue
 		}
@@ -389,9 +423,11 @@ func (b *desiredBuilder) lookup(ip netip.Addr) (UnderlayRoute, bool) {
 	return best, true
 }
 
-// learned adds the BGP-learned routes for prefixes outside every pool. Inside a pool the
-// datastore decides (SPEC §7).
-func (b *desiredBuilder) learned(learned []LearnedRoute) {
+// learned emits the BGP-learned routes for prefixes outside every pool. Inside a pool the
+// datastore decides (SPEC §7). taken reports a destination that already has a route: a
+// block's, or a learned one emitted before (a second path for the same prefix: the first,
+// with the lowest next hop, stays).
+func (r *rules) learned(e emitter, learned []LearnedRoute, taken func(netip.Prefix) bool) {
 	sorted := slices.Clone(learned)
 	slices.SortFunc(sorted, func(x, y LearnedRoute) int {
 		if c := comparePrefix(x.Prefix, y.Prefix); c != 0 {
@@ -404,39 +440,99 @@ func (b *desiredBuilder) learned(learned []LearnedRoute) {
 			continue
 		}
 		dst := l.Prefix.Masked()
-		if _, inPool := b.poolFor(dst); inPool {
+		if _, inPool := r.poolFor(dst); inPool {
 			continue
 		}
-		if _, dup := b.routes[dst]; dup {
-			continue // a second path for the same prefix: the first (lowest next hop) stays
-		}
-		if l.NextHop == b.selfAddr {
+		if taken(dst) {
 			continue
 		}
-		u, ok := b.lookup(l.NextHop)
+		if l.NextHop == r.selfAddr {
+			continue
+		}
+		u, ok := r.lookup(l.NextHop)
 		if !ok {
-			b.skip("BGP next hop %s is unreachable through the underlay", l.NextHop)
+			e.skip(fmt.Sprintf("BGP next hop %s is unreachable through the underlay", l.NextHop))
 			continue
 		}
 		gw := u.Gateway
 		if !gw.IsValid() {
 			gw = l.NextHop
 		}
-		b.routes[dst] = Route{Dst: dst, Gateway: gw, Dev: u.Dev, Kind: KindBGP}
+		e.route(Route{Dst: dst, Gateway: gw, Dev: u.Dev, Kind: KindBGP})
 	}
 }
 
-func (b *desiredBuilder) finish() State {
-	s := b.state
-	s.Routes = slices.AppendSeq(make([]Route, 0, len(b.routes)), maps.Values(b.routes))
-	s.Neighbors = slices.AppendSeq(make([]Neighbor, 0, len(b.neighbors)), maps.Values(b.neighbors))
-	s.FDB = slices.AppendSeq(make([]FDBEntry, 0, len(b.fdb)), maps.Values(b.fdb))
-	for p := range b.problems {
+// assembler is Desired's emitter: it builds the State in the order of emission, a later
+// route for a destination replacing an earlier one, and a VXLAN route whose VTEP MAC or
+// tunnel address another node already claimed left out.
+type assembler struct {
+	routes    map[netip.Prefix]Route
+	neighbors map[netip.Addr]Neighbor
+	fdb       map[string]FDBEntry // by MAC bytes
+	problems  map[string]bool
+	skipped   map[string]int // routes not installed, by reason
+}
+
+func newAssembler(routes int) *assembler {
+	return &assembler{
+		routes:    make(map[netip.Prefix]Route, routes),
+		neighbors: map[netip.Addr]Neighbor{},
+		fdb:       map[string]FDBEntry{},
+		problems:  map[string]bool{},
+		skipped:   map[string]int{},
+	}
+}
+
+func (a *assembler) route(r Route)           { a.routes[r.Dst] = r }
+func (a *assembler) skip(reason string)      { a.skipped[reason]++ }
+func (a *assembler) problem(msg string)      { a.problems[msg] = true }
+func (a *assembler) usesNode(string)         {}
+func (a *assembler) has(p netip.Prefix) bool { _, ok := a.routes[p]; return ok }
+
+func (a *assembler) vxlanRoute(r Route, mac net.HardwareAddr, nodeIP netip.Addr, node string) {
+	tunIP := r.Gateway
+	if prev, ok := a.fdb[string(mac)]; ok && prev.Dst != nodeIP {
+		a.skip(fmt.Sprintf("VTEP MAC %s is claimed by two nodes (%s and %q)", mac, prev.Dst, node))
+		return
+	}
+	if prev, ok := a.neighbors[tunIP]; ok && !bytes.Equal(prev.MAC, mac) {
+		a.skip(fmt.Sprintf("VXLAN tunnel address %s is claimed by two nodes", tunIP))
+		return
+	}
+	a.neighbors[tunIP] = Neighbor{IP: tunIP, MAC: mac}
+	a.fdb[string(mac)] = FDBEntry{MAC: mac, Dst: nodeIP}
+	a.routes[r.Dst] = r
+}
+
+func (a *assembler) finish(r *rules) State {
+	s := r.globalState()
+	s.Routes = slices.AppendSeq(make([]Route, 0, len(a.routes)), maps.Values(a.routes))
+	s.Neighbors = slices.AppendSeq(make([]Neighbor, 0, len(a.neighbors)), maps.Values(a.neighbors))
+	s.FDB = slices.AppendSeq(make([]FDBEntry, 0, len(a.fdb)), maps.Values(a.fdb))
+	for p := range a.problems {
 		s.Problems = append(s.Problems, p)
 	}
-	for reason, n := range b.skipped {
-		s.Problems = append(s.Problems, fmt.Sprintf("%s: %s not installed", strings.TrimSpace(reason), plural(n, "route")))
-	}
+	s.Problems = appendSkipped(s.Problems, a.skipped)
 	sortState(&s)
 	return s
+}
+
+// globalState is the part of a State that comes from the rules alone: devices, pod MTU
+// and pools.
+func (r *rules) globalState() State {
+	s := State{Tunl0: r.tunl0, VXLAN: r.vxlan, PodMTU: r.podMTU}
+	for _, p := range r.pools {
+		s.Pools = append(s.Pools, p.cidr)
+	}
+	return s
+}
+
+// appendSkipped adds one problem line per reason routes were left out, with their number.
+func appendSkipped(problems []string, skipped map[string]int) []string {
+	for reason, n := range skipped {
+		if n > 0 {
+			problems = append(problems, fmt.Sprintf("%s: %s not installed", strings.TrimSpace(reason), plural(n, "route")))
+		}
+	}
+	return problems
 }

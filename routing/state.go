@@ -3,9 +3,11 @@
 //
 // The package has two halves that meet at State. Desired is a pure function: snapshot,
 // local facts and BGP-learned routes in, State out, with no netlink call, so every rule of
-// SPEC §5 is tested by tables. Kernel is the one owner of tabby's routes in the main table:
-// it is given States with Set, and one goroutine (Run) diffs each against the record of what
-// it really installed, applies the difference with netlink and repairs what others remove.
+// SPEC §5 is tested by tables; a Planner returns the same States for a succession of
+// snapshots at the cost of what changed between them. Kernel is the one owner of tabby's
+// routes in the main table: it is given States with Set, and one goroutine (Run) diffs each
+// against the record of what it really installed, applies the difference with netlink and
+// repairs what others remove.
 package routing
 
 import (
