@@ -31,6 +31,9 @@ type routesSub struct {
 	underlay     []routing.UnderlayRoute
 	hostProblems []string
 
+	// planner computes the desired state at the cost of what changed since the last
+	// snapshot: a full computation per change is most of the daemon's CPU at scale.
+	planner      routing.Planner
 	state        routing.State
 	publishedMTU int
 }
@@ -108,7 +111,7 @@ func (s *routesSub) update(snap *datastore.Snapshot, learned []routing.LearnedRo
 	if underlay || !s.hostRead {
 		s.readHost()
 	}
-	st := routing.Desired(snap, routing.Local{
+	st := s.planner.Desired(snap, routing.Local{
 		NodeName: s.d.nodeName,
 		NIC:      s.nic,
 		HostMTU:  s.hostMTU,
