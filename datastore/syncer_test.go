@@ -482,7 +482,7 @@ func TestSyncerConvergesThroughCompaction(t *testing.T) {
 	if st := s.Stats(); st.Relists == 0 || st.WatchErrors == 0 {
 		t.Errorf("stats %+v: the cut and the compaction went unnoticed", st)
 	}
-	if got, want := s.Latest(), freshSnapshot(t, e.Client); !reflect.DeepEqual(got, want) {
+	if got, want := datastore.Content(s.Latest()), datastore.Content(freshSnapshot(t, e.Client)); !reflect.DeepEqual(got, want) {
 		t.Fatalf("the cache differs from a fresh list:\n got %s\nwant %s", describe(got), describe(want))
 	}
 }
@@ -517,7 +517,7 @@ func TestSyncerSurvivesEtcdRestart(t *testing.T) {
 		rev = w.step()
 	}
 	waitFor(t, ch, "the writes after the restart", func(s *datastore.Snapshot) bool { return s.Revision == rev })
-	if got, want := s.Latest(), freshSnapshot(t, e.Client); !reflect.DeepEqual(got, want) {
+	if got, want := datastore.Content(s.Latest()), datastore.Content(freshSnapshot(t, e.Client)); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after the restart the cache differs from a fresh list:\n got %s\nwant %s", describe(got), describe(want))
 	}
 	if st := s.Stats(); !st.Connected || st.ListErrors+st.WatchErrors == 0 {

@@ -110,10 +110,11 @@ func (st *syncState) relist(kvs []rawKV, rev int64) (*Snapshot, bool) {
 }
 
 // snapBuilder makes the next snapshot from the current one, copying each map the first
-// time it changes.
+// time it changes, and lists the keys it changes.
 type snapBuilder struct {
-	next   *Snapshot
-	copied map[string]bool
+	next    *Snapshot
+	copied  map[string]bool
+	changes Changes
 }
 
 func (b *snapBuilder) copyOnce(name string, copyMap func()) {
@@ -198,9 +199,27 @@ func (st *syncState) apply(changes []rawKV, rev int64) (*Snapshot, bool) {
 	if problemsChanged {
 		b.next.Problems = st.problemList()
 	}
+	b.next.changes = b.changesFrom(st.snap)
 	b.next.Revision = rev
 	st.snap = b.next
 	return st.snap, true
+}
+
+// changesFrom links the keys this builder changed to the chain of prev. It returns nil
+// when prev is the empty snapshot the syncer starts from (the first list changes
+// everything: no subscriber has anything to update) or when there are more keys than a
+// chain holds (a re-list after a long outage, say): subscribers then compare the maps.
+func (b *snapBuilder) changesFrom(prev *Snapshot) *Changes {
+	c := b.changes
+	c.From = prev.Revision
+	c.keys = c.size()
+	if prev.Revision == 0 || c.keys > changeChainKeys {
+		return nil
+	}
+	if p := prev.changes; p != nil && p.keys+c.keys <= changeChainKeys {
+		c.prev, c.keys = p, p.keys+c.keys
+	}
+	return &c
 }
 
 // setProblem records (err != nil) or clears the problem of a key, reporting whether the
@@ -278,46 +297,48 @@ func (st *syncState) prepare(kv *rawKV) {
 // (kv.err) leaves the previous version in force.
 func (st *syncState) applyOther(b *snapBuilder, kv rawKV) {
 	info := kv.info
-	if kv.deleted {
-		switch info.Type {
-		case KeyResource:
-			switch info.Kind {
-			case KindNode:
-				delete(b.nodes(), info.Name)
-			case KindBGPPeer:
-				delete(b.peers(), info.Name)
-			case KindBGPConfiguration:
-				delete(b.configs(), info.Name)
-			}
-		case KeyBlock:
-			delete(b.blocks(), info.CIDR)
-		case KeyAffinity:
-			delete(b.affinities(), AffinityKey{Host: info.Host, CIDR: info.CIDR})
-		case KeyHandle:
-			delete(b.handles(), info.Name)
-		case KeyIPAMConfig:
-			b.next.IPAMConfig = DefaultIPAMConfig()
+	if kv.err != nil && !kv.deleted {
+		return
+	}
+	c := &b.changes
+	switch info.Type {
+	case KeyResource:
+		switch info.Kind {
+		case KindNode:
+			c.Nodes = append(c.Nodes, info.Name)
+			setOrDelete(b.nodes(), info.Name, kv)
+		case KindBGPPeer:
+			c.BGPPeers = append(c.BGPPeers, info.Name)
+			setOrDelete(b.peers(), info.Name, kv)
+		case KindBGPConfiguration:
+			c.BGPConfigs = append(c.BGPConfigs, info.Name)
+			setOrDelete(b.configs(), info.Name, kv)
 		}
-		return
+	case KeyBlock:
+		c.Blocks = append(c.Blocks, info.CIDR)
+		setOrDelete(b.blocks(), info.CIDR, kv)
+	case KeyAffinity:
+		key := AffinityKey{Host: info.Host, CIDR: info.CIDR}
+		c.Affinities = append(c.Affinities, key)
+		setOrDelete(b.affinities(), key, kv)
+	case KeyHandle:
+		c.Handles = append(c.Handles, info.Name)
+		setOrDelete(b.handles(), info.Name, kv)
+	case KeyIPAMConfig:
+		if kv.deleted {
+			b.next.IPAMConfig = DefaultIPAMConfig()
+		} else {
+			b.next.IPAMConfig = kv.obj.(IPAMConfig)
+		}
 	}
-	if kv.err != nil {
-		return
-	}
-	switch obj := kv.obj.(type) {
-	case *Node:
-		b.nodes()[info.Name] = obj
-	case *BGPPeer:
-		b.peers()[info.Name] = obj
-	case *BGPConfiguration:
-		b.configs()[info.Name] = obj
-	case *AllocationBlock:
-		b.blocks()[info.CIDR] = obj
-	case BlockAffinity:
-		b.affinities()[AffinityKey{Host: info.Host, CIDR: info.CIDR}] = obj
-	case *IPAMHandle:
-		b.handles()[info.Name] = obj
-	case IPAMConfig:
-		b.next.IPAMConfig = obj
+}
+
+// setOrDelete applies a put (with its decoded document) or a delete to one map.
+func setOrDelete[K comparable, V any](m map[K]V, key K, kv rawKV) {
+	if kv.deleted {
+		delete(m, key)
+	} else {
+		m[key] = kv.obj.(V)
 	}
 }
 

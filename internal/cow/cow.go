@@ -40,3 +40,16 @@ func Changed[M ~map[K]V, K, V comparable](old, new M, f func(K)) {
 		}
 	}
 }
+
+// Each calls f for every key that changed between old and new. When known is set, listed
+// holds every such key (perhaps more, perhaps repeated: a change log) and f gets each of
+// them without a look at the maps; otherwise f gets what Changed finds.
+func Each[M ~map[K]V, K, V comparable](known bool, listed []K, old, new M, f func(K)) {
+	if !known {
+		Changed(old, new, f)
+		return
+	}
+	for _, k := range listed {
+		f(k)
+	}
+}
