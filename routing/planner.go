@@ -17,9 +17,10 @@ import (
 //
 // It keeps each block's share of the State (its routes, VXLAN entries, problems and the
 // nodes it read), and redoes a block only when the block, an affinity to it or one of
-// those nodes changed. That relies on the copy-on-write discipline of datastore snapshots:
-// a map that did not change is the previous snapshot's map itself, and a changed object is
-// a new pointer. When the host's facts, the local node or the pools change, every block is
+// those nodes changed. The syncer's change list says which (Snapshot.ChangesSince); for
+// other snapshots the maps are compared, which relies on their copy-on-write discipline:
+// a map that did not change is the previous snapshot's map itself, and a changed object
+// is a new pointer. When the host's facts, the local node or the pools change, every block is
 // redone. Desired's result depends on the order of blocks only where two of them want
 // different things for one key (one destination, VTEP MAC or tunnel address); while that
 // is so, the Planner returns Desired's result itself.
@@ -29,10 +30,11 @@ import (
 type Planner struct {
 	// rules of the last call; nil when nothing is kept.
 	rules *rules
-	// The snapshot maps the plans were made from.
-	nodes      map[string]*datastore.Node
-	blocks     map[netip.Prefix]*datastore.AllocationBlock
-	affinities map[datastore.AffinityKey]datastore.BlockAffinity
+	// snap is the snapshot the plans were made from.
+	snap *datastore.Snapshot
+	// changes says what changed from one snapshot (old) to another; nil means
+	// Snapshot.ChangesSince. Tests give change lists to snapshots made by hand with it.
+	changes func(snap, old *datastore.Snapshot) (*datastore.Changes, bool)
 
 	plans map[netip.Prefix]*blockPlan // blocks that emitted something
 	users map[string][]netip.Prefix   // node name → the blocks whose plan read that node
@@ -67,8 +69,7 @@ func (p *Planner) Desired(snap *datastore.Snapshot, local Local, learned []Learn
 	} else {
 		p.update(r, snap)
 	}
-	p.rules = r
-	p.nodes, p.blocks, p.affinities = snap.Nodes, snap.Blocks, snap.Affinities
+	p.rules, p.snap = r, snap
 	if p.routes.conflicts+p.neighbors.conflicts+p.fdb.conflicts > 0 {
 		// The result depends on the order of the blocks: let Desired decide, and rebuild
 		// the sorted lists once the conflict is gone.
@@ -81,6 +82,7 @@ func (p *Planner) Desired(snap *datastore.Snapshot, local Local, learned []Learn
 // reset forgets everything.
 func (p *Planner) reset() {
 	*p = Planner{
+		changes:  p.changes,
 		plans:    map[netip.Prefix]*blockPlan{},
 		users:    map[string][]netip.Prefix{},
 		problems: map[string]int{},
@@ -91,10 +93,19 @@ func (p *Planner) reset() {
 // update redoes the blocks that changed, whose affinities changed, or that read a node
 // that changed since the plans were made.
 func (p *Planner) update(r *rules, snap *datastore.Snapshot) {
+	changesSince := (*datastore.Snapshot).ChangesSince
+	if p.changes != nil {
+		changesSince = p.changes
+	}
+	var c datastore.Changes
+	ch, known := changesSince(snap, p.snap)
+	if known {
+		c = *ch
+	}
 	dirty := map[netip.Prefix]struct{}{}
-	cow.Changed(p.blocks, snap.Blocks, func(cidr netip.Prefix) { dirty[cidr] = struct{}{} })
-	cow.Changed(p.affinities, snap.Affinities, func(k datastore.AffinityKey) { dirty[k.CIDR] = struct{}{} })
-	cow.Changed(p.nodes, snap.Nodes, func(name string) {
+	cow.Each(known, c.Blocks, p.snap.Blocks, snap.Blocks, func(cidr netip.Prefix) { dirty[cidr] = struct{}{} })
+	cow.Each(known, c.Affinities, p.snap.Affinities, snap.Affinities, func(k datastore.AffinityKey) { dirty[k.CIDR] = struct{}{} })
+	cow.Each(known, c.Nodes, p.snap.Nodes, snap.Nodes, func(name string) {
 		for _, cidr := range p.users[name] {
 			dirty[cidr] = struct{}{}
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/cow"
 )
 
 // randomCluster makes random, copy-on-write changes to a small cluster whose names and
@@ -147,8 +148,26 @@ func randomLearned(rng *rand.Rand) []LearnedRoute {
 	return out
 }
 
-// TestPlannerMatchesDesired runs random sequences of snapshot changes through one
-// Planner and checks every step's result against Desired's.
+// changeLog plays the syncer's change list for snapshots made by hand: every key that
+// differs, some twice, and a few that do not (a change list may hold more than changed).
+func changeLog(rng *rand.Rand) func(snap, old *datastore.Snapshot) (*datastore.Changes, bool) {
+	return func(snap, old *datastore.Snapshot) (*datastore.Changes, bool) {
+		c := &datastore.Changes{From: old.Revision}
+		cow.Changed(old.Nodes, snap.Nodes, func(k string) { c.Nodes = append(c.Nodes, k, k) })
+		cow.Changed(old.Blocks, snap.Blocks, func(k netip.Prefix) { c.Blocks = append(c.Blocks, k) })
+		cow.Changed(old.Affinities, snap.Affinities, func(k datastore.AffinityKey) { c.Affinities = append(c.Affinities, k) })
+		if rng.IntN(3) == 0 {
+			c.Nodes = append(c.Nodes, pick(rng, randomNodeNames))
+			c.Blocks = append(c.Blocks, netip.MustParsePrefix(pick(rng, randomBlocks)))
+			c.Affinities = append(c.Affinities, datastore.AffinityKey{Host: pick(rng, randomNodeNames), CIDR: netip.MustParsePrefix(pick(rng, randomBlocks))})
+		}
+		return c, true
+	}
+}
+
+// TestPlannerMatchesDesired runs random sequences of snapshot changes through two
+// Planners, one that compares the maps and one given change lists, and checks every
+// step's results against Desired's.
 func TestPlannerMatchesDesired(t *testing.T) {
 	sequences, steps := 300, 80
 	if testing.Short() {
@@ -157,6 +176,7 @@ func TestPlannerMatchesDesired(t *testing.T) {
 	for seed := range uint64(sequences) {
 		c := newRandomCluster(seed)
 		var p Planner
+		logged := Planner{changes: changeLog(rand.New(rand.NewPCG(seed, 7)))}
 		local, learned := worker1, []LearnedRoute(nil)
 		for step := range steps {
 			c.step()
@@ -169,9 +189,11 @@ func TestPlannerMatchesDesired(t *testing.T) {
 				c.log = append(c.log, fmt.Sprintf("learned %v", learned))
 			}
 			want := Desired(c.snap, local, learned).String()
-			if got := p.Desired(c.snap, local, learned).String(); got != want {
-				t.Fatalf("seed %d, step %d: Planner and Desired differ after:\n%s\n\nPlanner:\n%s\nDesired:\n%s",
-					seed, step, strings.Join(tail(c.log, 12), "\n"), got, want)
+			for name, p := range map[string]*Planner{"comparing maps": &p, "given change lists": &logged} {
+				if got := p.Desired(c.snap, local, learned).String(); got != want {
+					t.Fatalf("seed %d, step %d: Planner (%s) and Desired differ after:\n%s\n\nPlanner:\n%s\nDesired:\n%s",
+						seed, step, name, strings.Join(tail(c.log, 12), "\n"), got, want)
+				}
 			}
 		}
 	}
@@ -232,7 +254,8 @@ func TestPlannerLargeCluster(t *testing.T) {
 
 // BenchmarkPlannerJoinLeave measures Planner.Desired for 5,000 nodes when one node joins
 // (its Node, block and affinity in one snapshot) and leaves again: what the daemon computes
-// per change. Each operation is one join or one leave.
+// per change. Each operation is one join or one leave. "changes" snapshots carry the
+// syncer's change list; "compared" ones do not, and the Planner compares their maps.
 func BenchmarkPlannerJoinLeave(b *testing.B) {
 	for _, mode := range []struct {
 		name        string
@@ -242,34 +265,45 @@ func BenchmarkPlannerJoinLeave(b *testing.B) {
 		{"ipip-crosssubnet", datastore.EncapCrossSubnet, datastore.EncapNever},
 		{"direct", datastore.EncapNever, datastore.EncapNever},
 	} {
-		b.Run("nodes=5000/"+mode.name, func(b *testing.B) {
-			before, after := bigCluster(5000, mode.vxlan).s, bigCluster(5001, mode.vxlan).s
-			before.Pools["big"].Spec.IPIPMode = mode.ipip
-			// after shares every object of before but the new node's, and the pools map,
-			// as consecutive snapshots of the syncer do.
-			after.Pools = before.Pools
-			for name, n := range before.Nodes {
-				after.Nodes[name] = n
+		for _, listed := range []bool{true, false} {
+			name := "nodes=5000/" + mode.name + "/compared"
+			if listed {
+				name = "nodes=5000/" + mode.name + "/changes"
 			}
-			for cidr, blk := range before.Blocks {
-				after.Blocks[cidr] = blk
-			}
-			local := worker1
-			local.Underlay = append(local.Underlay, UnderlayRoute{Dst: netip.MustParsePrefix("10.30.0.0/16"), Dev: "ens5"})
-			var p Planner
-			p.Desired(before, local, nil)
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				snap, want := after, 5001
-				if i%2 == 1 {
-					snap, want = before, 5000
+			b.Run(name, func(b *testing.B) {
+				before, after := bigCluster(5000, mode.vxlan).s, bigCluster(5001, mode.vxlan).s
+				before.Pools["big"].Spec.IPIPMode = mode.ipip
+				// after shares every object of before but the new node's, and the pools
+				// map, as consecutive snapshots of the syncer do.
+				after.Pools = before.Pools
+				maps.Copy(after.Nodes, before.Nodes)
+				maps.Copy(after.Blocks, before.Blocks)
+				before.Revision, after.Revision = 1, 2
+				var p Planner
+				if listed {
+					// The lists the syncer would make: the new node's three keys.
+					var join datastore.Changes
+					cow.Changed(before.Nodes, after.Nodes, func(k string) { join.Nodes = append(join.Nodes, k) })
+					cow.Changed(before.Blocks, after.Blocks, func(k netip.Prefix) { join.Blocks = append(join.Blocks, k) })
+					cow.Changed(before.Affinities, after.Affinities, func(k datastore.AffinityKey) { join.Affinities = append(join.Affinities, k) })
+					p.changes = func(_, _ *datastore.Snapshot) (*datastore.Changes, bool) { return &join, true }
 				}
-				i++
-				if s := p.Desired(snap, local, nil); len(s.Routes) != want {
-					b.Fatalf("%d routes, want %d", len(s.Routes), want)
+				local := worker1
+				local.Underlay = append(local.Underlay, UnderlayRoute{Dst: netip.MustParsePrefix("10.30.0.0/16"), Dev: "ens5"})
+				p.Desired(before, local, nil)
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					snap, want := after, 5001
+					if i%2 == 1 {
+						snap, want = before, 5000
+					}
+					i++
+					if s := p.Desired(snap, local, nil); len(s.Routes) != want {
+						b.Fatalf("%d routes, want %d", len(s.Routes), want)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
