@@ -203,9 +203,9 @@ func (p *Planner) assemble(r *rules, learned []LearnedRoute) State {
 		p.outFDB = rebuild(&p.fdb, strings.Compare, fdbOf)
 		p.sorted = true
 	} else {
-		p.outRoutes = patch(p.outRoutes, p.routes.takeChanged(comparePrefix), func(r Route) netip.Prefix { return r.Dst }, comparePrefix, routeOf)
-		p.outNeighbors = patch(p.outNeighbors, p.neighbors.takeChanged(netip.Addr.Compare), func(n Neighbor) netip.Addr { return n.IP }, netip.Addr.Compare, neighborOf)
-		p.outFDB = patch(p.outFDB, p.fdb.takeChanged(strings.Compare), func(f FDBEntry) string { return string(f.MAC) }, strings.Compare, fdbOf)
+		p.outRoutes = cow.Patch(p.outRoutes, p.routes.takeChanged(comparePrefix), func(r Route) netip.Prefix { return r.Dst }, comparePrefix, routeOf)
+		p.outNeighbors = cow.Patch(p.outNeighbors, p.neighbors.takeChanged(netip.Addr.Compare), func(n Neighbor) netip.Addr { return n.IP }, netip.Addr.Compare, neighborOf)
+		p.outFDB = cow.Patch(p.outFDB, p.fdb.takeChanged(strings.Compare), func(f FDBEntry) string { return string(f.MAC) }, strings.Compare, fdbOf)
 	}
 
 	s := r.globalState()
@@ -252,30 +252,6 @@ func rebuild[K comparable, V comparable, T any](t *tally[K, V], compare func(a, 
 		out = append(out, v)
 	}
 	return out
-}
-
-// patch returns sorted (a list sorted by key, without duplicates) with the entries of the
-// given keys (sorted, unique) replaced by what get returns for them now, or removed where
-// it returns none. sorted itself is not modified: a State that holds it stays as it was.
-// The cost is one copy of the list and a binary search per key.
-func patch[T, K any](sorted []T, keys []K, keyOf func(T) K, compare func(a, b K) int, get func(K) (T, bool)) []T {
-	if len(keys) == 0 {
-		return sorted
-	}
-	out := make([]T, 0, len(sorted)+len(keys))
-	i := 0
-	for _, k := range keys {
-		j, found := slices.BinarySearchFunc(sorted[i:], k, func(t T, k K) int { return compare(keyOf(t), k) })
-		out = append(out, sorted[i:i+j]...)
-		i += j
-		if found {
-			i++
-		}
-		if t, ok := get(k); ok {
-			out = append(out, t)
-		}
-	}
-	return append(out, sorted[i:]...)
 }
 
 // mergeSorted merges two sorted lists without common keys into a new one.

@@ -3,6 +3,7 @@ package cow
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -43,4 +44,30 @@ func TestChanged(t *testing.T) {
 	// The same map changes nothing, even if (against the rules) it was modified.
 	m := map[string]*int{"a": one}
 	Changed(m, m, func(k string) { t.Errorf("same map: %q reported", k) })
+}
+
+func TestPatch(t *testing.T) {
+	type kv struct {
+		k string
+		v int
+	}
+	key := func(e kv) string { return e.k }
+	now := map[string]int{"a": 1, "c": 30, "e": 5, "f": 6}
+	get := func(k string) (kv, bool) {
+		v, ok := now[k]
+		return kv{k, v}, ok
+	}
+	old := []kv{{"b", 2}, {"c", 3}, {"d", 4}, {"e", 5}}
+	kept := slices.Clone(old)
+	got := Patch(old, []string{"a", "b", "c", "d", "f"}, key, strings.Compare, get)
+	want := []kv{{"a", 1}, {"c", 30}, {"e", 5}, {"f", 6}}
+	if !slices.Equal(got, want) {
+		t.Errorf("Patch = %v, want %v", got, want)
+	}
+	if !slices.Equal(old, kept) {
+		t.Errorf("Patch modified its input: %v", old)
+	}
+	if same := Patch(old, nil, key, strings.Compare, get); &same[0] != &old[0] {
+		t.Error("Patch without keys copied the list")
+	}
 }
