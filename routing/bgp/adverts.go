@@ -16,18 +16,22 @@ func Advertisements(snap *datastore.Snapshot, localNode string) []netip.Prefix {
 	exporting := exportingPools(snap)
 	var out []netip.Prefix
 	for cidr, block := range snap.Blocks {
-		if block.Deleted || !insideAny(cidr, exporting) {
-			continue
-		}
-		owner, owned := snap.BlockOwner(cidr)
-		if owned && owner == localNode {
-			out = append(out, cidr.Masked())
-			continue
-		}
-		out = append(out, borrowed(cidr, block, localNode)...)
+		out = append(out, blockAdverts(snap, cidr, block, localNode, exporting)...)
 	}
 	slices.SortFunc(out, comparePrefix)
 	return slices.Compact(out)
+}
+
+// blockAdverts is what one block makes the local node originate: the block, if the node
+// owns it, else the addresses of it the node borrowed; nothing outside exporting pools.
+func blockAdverts(snap *datastore.Snapshot, cidr netip.Prefix, block *datastore.AllocationBlock, localNode string, exporting []netip.Prefix) []netip.Prefix {
+	if block.Deleted || !insideAny(cidr, exporting) {
+		return nil
+	}
+	if owner, owned := snap.BlockOwner(cidr); owned && owner == localNode {
+		return []netip.Prefix{cidr.Masked()}
+	}
+	return borrowed(cidr, block, localNode)
 }
 
 // exportingPools lists the CIDRs of the pools that are enabled and export to BGP. Pools

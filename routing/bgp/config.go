@@ -109,22 +109,29 @@ func (p Problem) String() string { return p.Resource + ": " + p.Message }
 // one, which wins over the mesh; among equals the resource whose name sorts first wins.
 // Anything that cannot be honoured is left out and reported as a Problem; the rest stands.
 func Config(snap *datastore.Snapshot, localNode string, secretsDir string) (Global, []Peer, []Problem) {
-	c := newCluster(snap)
+	g, peers, problems, _ := configure(newCluster(snap), localNode, secretsDir)
+	return g, peers, problems
+}
+
+// configure computes Config from the snapshot digested: c holds the node problems found
+// so far. It also returns the secrets it read, so that a Planner can tell when reading
+// them again would give something else.
+func configure(c *cluster, localNode string, secretsDir string) (Global, []Peer, []Problem, map[datastore.SecretKeyRef]secretResult) {
 	local, ok := c.nodes[localNode]
 	if !ok {
 		c.problem("Node/"+localNode, "no such node: BGP stays off until tabbyd has registered it")
-		return Global{}, nil, c.problems
+		return Global{}, nil, c.problems, nil
 	}
 	if !local.addr.IsValid() {
 		c.problem("Node/"+localNode, "no IPv4 address (spec.bgp.ipv4Address): BGP stays off")
-		return Global{}, nil, c.problems
+		return Global{}, nil, c.problems, nil
 	}
 
 	g := Global{
 		RouterID:   local.addr,
 		ASN:        local.asn,
 		ListenPort: local.port,
-		Pools:      poolCIDRs(snap),
+		Pools:      poolCIDRs(c.snap),
 	}
 
 	b := &peerBuilder{cluster: c, local: local, secretsDir: secretsDir, byAddr: map[netip.Addr]candidate{}}
@@ -136,71 +143,59 @@ func Config(snap *datastore.Snapshot, localNode string, secretsDir string) (Glob
 		peers = append(peers, cand.peer)
 	}
 	slices.SortFunc(peers, func(a, b Peer) int { return a.Address.Compare(b.Address) })
-	return g, peers, c.problems
+	return g, peers, c.problems, b.secrets
 }
 
 // nodeInfo is what peering needs to know about one tabby node.
 type nodeInfo struct {
 	name      string
-	addr      netip.Addr // invalid when the node has no (valid) IPv4 address
+	addr      netip.Addr // invalid when the node has no (valid) IPv4 address, or another has it
 	asn       uint32
 	port      uint16
 	clusterID string
 	labels    map[string]string
+
+	// own is the node's valid IPv4 address, whether it holds it or a node before it (by
+	// name) has the same one; problem says why its address is not valid. A Planner's node
+	// index keeps them to decide again which node holds an address when nodes change.
+	own     netip.Addr
+	problem string
 }
 
-// cluster is the snapshot digested for peering: nodes by name and by address, the global
-// BGP settings, and the problems found on the way.
-type cluster struct {
-	snap        *datastore.Snapshot
+// nodeIndex is the snapshot's nodes digested for peering: by name, by address and sorted.
+type nodeIndex struct {
 	nodes       map[string]*nodeInfo
 	nodeByAddr  map[netip.Addr]*nodeInfo
 	sortedNodes []*nodeInfo // by name, for deterministic output
-	defaultCfg  *datastore.BGPConfiguration
-	problems    []Problem
+}
+
+// cluster is what one Config computation works from: the nodes digested, the global BGP
+// settings, and the problems found on the way.
+type cluster struct {
+	*nodeIndex
+	snap       *datastore.Snapshot
+	defaultCfg *datastore.BGPConfiguration
+	problems   []Problem
 }
 
 func newCluster(snap *datastore.Snapshot) *cluster {
 	c := &cluster{
+		nodeIndex: &nodeIndex{
+			nodes:      map[string]*nodeInfo{},
+			nodeByAddr: map[netip.Addr]*nodeInfo{},
+		},
 		snap:       snap,
-		nodes:      map[string]*nodeInfo{},
-		nodeByAddr: map[netip.Addr]*nodeInfo{},
 		defaultCfg: snap.BGPConfigs["default"],
 	}
-	defaultASN := uint32(DefaultASNumber)
-	defaultPort := uint16(DefaultListenPort)
-	if c.defaultCfg != nil {
-		if a := c.defaultCfg.Spec.ASNumber; a != nil && *a != 0 {
-			defaultASN = uint32(*a)
-		}
-		if p := c.defaultCfg.Spec.ListenPort; p != 0 {
-			defaultPort = p
-		}
-	}
+	defaultASN, defaultPort := nodeDefaults(c.defaultCfg)
 	for _, name := range sortedKeys(snap.Nodes) {
-		n := snap.Nodes[name]
-		info := &nodeInfo{name: name, asn: defaultASN, port: defaultPort, labels: n.Metadata.Labels}
-		if override := snap.BGPConfigs["node."+name]; override != nil && override.Spec.ListenPort != 0 {
-			info.port = override.Spec.ListenPort
-		}
-		if bgp := n.Spec.BGP; bgp != nil {
-			if bgp.ASNumber != nil && *bgp.ASNumber != 0 {
-				info.asn = uint32(*bgp.ASNumber)
-			}
-			info.clusterID = bgp.RouteReflectorClusterID
-			if bgp.IPv4Address != "" {
-				if p, err := netip.ParsePrefix(bgp.IPv4Address); err == nil && p.Addr().Is4() {
-					info.addr = p.Addr()
-				} else if a, err := netip.ParseAddr(bgp.IPv4Address); err == nil && a.Is4() {
-					info.addr = a
-				} else {
-					c.problem("Node/"+name, fmt.Sprintf("spec.bgp.ipv4Address %q is not an IPv4 address: the node is left out of BGP", bgp.IPv4Address))
-				}
-			}
+		info := newNodeInfo(name, snap.Nodes[name], defaultASN, defaultPort, snap.BGPConfigs)
+		if info.problem != "" {
+			c.problem("Node/"+name, info.problem)
 		}
 		if info.addr.IsValid() {
 			if other, dup := c.nodeByAddr[info.addr]; dup {
-				c.problem("Node/"+name, fmt.Sprintf("has the same address %s as node %s: the node is left out of BGP peerings", info.addr, other.name))
+				c.problem("Node/"+name, sameAddress(info.addr, other.name))
 				info.addr = netip.Addr{}
 			} else {
 				c.nodeByAddr[info.addr] = info
@@ -210,6 +205,51 @@ func newCluster(snap *datastore.Snapshot) *cluster {
 		c.sortedNodes = append(c.sortedNodes, info)
 	}
 	return c
+}
+
+// nodeDefaults are the AS number and listen port of a node that sets none: those of the
+// default BGPConfiguration, else 64512 and 179.
+func nodeDefaults(defaultCfg *datastore.BGPConfiguration) (uint32, uint16) {
+	asn, port := uint32(DefaultASNumber), uint16(DefaultListenPort)
+	if defaultCfg != nil {
+		if a := defaultCfg.Spec.ASNumber; a != nil && *a != 0 {
+			asn = uint32(*a)
+		}
+		if p := defaultCfg.Spec.ListenPort; p != 0 {
+			port = p
+		}
+	}
+	return asn, port
+}
+
+// newNodeInfo digests one node, its address not yet checked against the other nodes'.
+func newNodeInfo(name string, n *datastore.Node, defaultASN uint32, defaultPort uint16, configs map[string]*datastore.BGPConfiguration) *nodeInfo {
+	info := &nodeInfo{name: name, asn: defaultASN, port: defaultPort, labels: n.Metadata.Labels}
+	if override := configs["node."+name]; override != nil && override.Spec.ListenPort != 0 {
+		info.port = override.Spec.ListenPort
+	}
+	if bgp := n.Spec.BGP; bgp != nil {
+		if bgp.ASNumber != nil && *bgp.ASNumber != 0 {
+			info.asn = uint32(*bgp.ASNumber)
+		}
+		info.clusterID = bgp.RouteReflectorClusterID
+		if bgp.IPv4Address != "" {
+			if p, err := netip.ParsePrefix(bgp.IPv4Address); err == nil && p.Addr().Is4() {
+				info.addr = p.Addr()
+			} else if a, err := netip.ParseAddr(bgp.IPv4Address); err == nil && a.Is4() {
+				info.addr = a
+			} else {
+				info.problem = fmt.Sprintf("spec.bgp.ipv4Address %q is not an IPv4 address: the node is left out of BGP", bgp.IPv4Address)
+			}
+		}
+	}
+	info.own = info.addr
+	return info
+}
+
+// sameAddress is the problem of a node whose address a node before it (by name) has.
+func sameAddress(addr netip.Addr, holder string) string {
+	return fmt.Sprintf("has the same address %s as node %s: the node is left out of BGP peerings", addr, holder)
 }
 
 func (c *cluster) problem(resource, msg string) {
