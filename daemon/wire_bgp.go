@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
+	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,6 +23,12 @@ type bgpSub struct {
 
 	speaker *bgp.Speaker // nil until BGP is first needed
 	changed chan struct{}
+	// planner computes the configuration and advertisements at the cost of what changed:
+	// recomputed from the whole snapshot they cost milliseconds per change at scale, even
+	// with BGP idle.
+	planner bgp.Planner
+	// set is what the speaker was last given; nil before the first Set.
+	set *speakerInput
 
 	mu       sync.Mutex
 	routes   []routing.LearnedRoute
@@ -30,10 +39,22 @@ func newBGPSub(d *daemon, g *group) *bgpSub {
 	return &bgpSub{d: d, g: g, changed: make(chan struct{}, 1)}
 }
 
+// speakerInput is one desired state of the speaker.
+type speakerInput struct {
+	global  bgp.Global
+	peers   []bgp.Peer
+	adverts []netip.Prefix
+}
+
+func (a *speakerInput) equal(b *speakerInput) bool {
+	return reflect.DeepEqual(a.global, b.global) && slices.Equal(a.peers, b.peers) && slices.Equal(a.adverts, b.adverts)
+}
+
 // update computes the node's BGP identity, sessions and advertisements and hands them to
-// the speaker, starting it the first time there is a session to run.
+// the speaker, starting it the first time there is a session to run. The speaker is not
+// woken when nothing changed.
 func (s *bgpSub) update(snap *datastore.Snapshot) {
-	global, peers, problems := bgp.Config(snap, s.d.nodeName, s.d.cfg.BGP.SecretsDir)
+	global, peers, problems := s.planner.Config(snap, s.d.nodeName, s.d.cfg.BGP.SecretsDir)
 	lines := make([]string, 0, len(problems))
 	for _, p := range problems {
 		lines = append(lines, "BGP: "+p.String())
@@ -47,7 +68,12 @@ func (s *bgpSub) update(snap *datastore.Snapshot) {
 		}
 		s.start()
 	}
-	s.speaker.Set(global, peers, bgp.Advertisements(snap, s.d.nodeName))
+	in := &speakerInput{global: global, peers: peers, adverts: s.planner.Advertisements(snap, s.d.nodeName)}
+	if s.set != nil && s.set.equal(in) {
+		return
+	}
+	s.speaker.Set(in.global, in.peers, in.adverts)
+	s.set = in
 }
 
 func (s *bgpSub) start() {
