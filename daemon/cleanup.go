@@ -42,6 +42,7 @@ func Cleanup(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) 
 	var errs []error
 	rep, err := routing.Cleanup(ctx, h, cfg.Data.RouteProtocol)
 	fmt.Fprintf(out, "routes with protocol %d removed: %d\n", cfg.Data.RouteProtocol, rep.Routes)
+	fmt.Fprintf(out, "nexthop objects with protocol %d removed: %d\n", cfg.Data.RouteProtocol, rep.Nexthops)
 	if rep.VXLANDeleted {
 		fmt.Fprintf(out, "device %s removed\n", routing.DeviceVXLAN)
 	}

@@ -10,7 +10,8 @@ import (
 
 // CleanupReport says what Cleanup removed.
 type CleanupReport struct {
-	Routes int
+	Routes   int
+	Nexthops int
 	// VXLANDeleted: vxlan.tabby existed and was deleted.
 	VXLANDeleted bool
 	// Tunl0 is what happened to tunl0: "absent", "deleted", or "stripped" (the ipip
@@ -20,13 +21,19 @@ type CleanupReport struct {
 }
 
 // Cleanup removes everything tabby installs in the namespace of h (for `tabbyd cleanup`):
-// every route with tabby's protocol in any table, vxlan.tabby, and tunl0. tunl0 is deleted;
+// every route with tabby's protocol in any table, every nexthop object with it, vxlan.tabby,
+// and tunl0. h must be bound to the caller's namespace. tunl0 is deleted;
 // when it is the ipip module's fallback device the kernel ignores the delete, so its IPv4
 // addresses (tabby's tunnel address) are removed, it is set down and its MTU goes back to
 // the kernel's default (1480). Routes of other
 // protocols are never touched.
 func Cleanup(ctx context.Context, h *netlink.Handle, protocol int) (CleanupReport, error) {
-	return cleanup(ctx, h, protocol)
+	nl, err := newRTNL(h, nil)
+	if err != nil {
+		return CleanupReport{}, err
+	}
+	defer nl.Close()
+	return cleanup(ctx, nl, protocol)
 }
 
 func cleanup(ctx context.Context, nl netlinker, protocol int) (CleanupReport, error) {
@@ -52,6 +59,23 @@ func cleanup(ctx context.Context, nl netlinker, protocol int) (CleanupReport, er
 			return rep, fmt.Errorf("delete route %s: %w", r.Dst, err)
 		}
 		rep.Routes++
+	}
+	// After the routes: deleting a nexthop object deletes the routes that use it.
+	var ids []uint32
+	err = nl.NexthopDump(func(nh nexthop) bool {
+		if nh.Protocol == protocol {
+			ids = append(ids, nh.ID)
+		}
+		return true
+	})
+	if err != nil && !isNexthopUnsupported(err) {
+		return rep, fmt.Errorf("list nexthop objects: %w", err)
+	}
+	for _, id := range ids {
+		if err := nl.NexthopDel(id); err != nil && !isGone(err) {
+			return rep, fmt.Errorf("delete nexthop %d: %w", id, err)
+		}
+		rep.Nexthops++
 	}
 
 	if link, err := nl.LinkByName(DeviceVXLAN); err == nil {

@@ -10,21 +10,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// handleRoute folds one route notification into the record. The kernel also echoes the
-// reconciler's own changes; those match the record and cost nothing. Anything else that
-// touches a route of tabby's (someone deleted or rewrote it) or a prefix tabby wants
-// schedules a repair.
-func (k *Kernel) handleRoute(u netlink.RouteUpdate) {
-	if u.Table != unix.RT_TABLE_MAIN {
+// handleRoute folds one route or nexthop notification into the record. The kernel also
+// echoes the reconciler's own changes; those match the record and cost nothing. Anything
+// else that touches a route of tabby's (someone deleted or rewrote it), a nexthop object of
+// tabby's, or a prefix tabby wants schedules a repair.
+func (k *Kernel) handleRoute(u routeUpdate) {
+	switch u.Type {
+	case unix.RTM_NEWNEXTHOP, unix.RTM_DELNEXTHOP:
+		k.handleNexthop(u)
 		return
 	}
-	kr, ok := fromNetlink(u.Route)
+	if u.Route.Table != unix.RT_TABLE_MAIN {
+		return
+	}
+	kr, ok := k.fromKernel(u.Route)
 	if !ok {
 		return
 	}
 	key := kr.key()
 	now := time.Now()
-	if int(u.Protocol) != k.proto {
+	if int(u.Route.Protocol) != k.proto {
 		if !k.inPools(kr.dst) {
 			k.signalUnderlay()
 		}
@@ -40,7 +45,7 @@ func (k *Kernel) handleRoute(u netlink.RouteUpdate) {
 			if _, ours := k.rec.routes[key]; ours && u.NlFlags&unix.NLM_F_REPLACE != 0 {
 				// Someone replaced tabby's route with their own: theirs stays.
 				k.rec.delRoute(key)
-				k.rec.conflicts[key] = int(u.Protocol)
+				k.rec.conflicts[key] = int(u.Route.Protocol)
 				k.routeDirty.mark(key)
 				k.askRepair(now)
 			}
@@ -67,7 +72,37 @@ func (k *Kernel) handleRoute(u netlink.RouteUpdate) {
 
 // sameNextHop compares what identifies a route in a delete notification.
 func sameNextHop(a, b kroute) bool {
-	return a.dst == b.dst && a.metric == b.metric && a.blackhole == b.blackhole && a.gw == b.gw && a.link == b.link
+	return a.dst == b.dst && a.metric == b.metric && a.blackhole == b.blackhole && a.gw == b.gw && a.link == b.link && a.nhid == b.nhid
+}
+
+// handleNexthop follows the nexthop objects of the namespace. Deleting one of tabby's
+// deletes the routes that use it, which the kernel does not announce: they are forgotten
+// and repaired. One of tabby's ids rewritten by someone else is taken for what it now is,
+// so that its routes move to an object that holds what they need. Other ids are noted so
+// that they are never allocated.
+func (k *Kernel) handleNexthop(u routeUpdate) {
+	nh := u.Nexthop
+	e, ours := k.rec.nexthops[nh.ID]
+	switch u.Type {
+	case unix.RTM_DELNEXTHOP:
+		delete(k.rec.nhForeign, nh.ID)
+		if ours {
+			k.dropNexthop(nh.ID)
+			k.askRepair(time.Now())
+		}
+	case unix.RTM_NEWNEXTHOP:
+		key := nhKey{gw: nh.Gw, link: nh.LinkIndex, onlink: nh.OnLink}
+		switch {
+		case !ours:
+			k.rec.nhForeign[nh.ID] = struct{}{}
+		case e.key == key && nh.Protocol == k.proto && !nh.Other:
+			// the echo of tabby's own add
+		default:
+			k.dropNexthop(nh.ID)
+			k.rec.nhForeign[nh.ID] = struct{}{}
+			k.askRepair(time.Now())
+		}
+	}
 }
 
 func (k *Kernel) inPools(p netip.Prefix) bool {

@@ -3,6 +3,7 @@ package routing
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -16,8 +17,10 @@ import (
 // fakeKernel is an in-memory network namespace that answers the reconciler's netlink
 // requests the way Linux does where it matters: exclusive adds fail with EEXIST, deletes of
 // what is not there with ESRCH/ENOENT, routes through a device that is down fail with
-// ENETDOWN, a device that goes down or away takes its routes with it without a route
-// notification, the ipip fallback device cannot be deleted, a kernel without ipip answers
+// ENETDOWN, a device that goes down or away takes its routes and nexthop objects with it
+// without a route notification, deleting a nexthop object deletes the routes that use it
+// (silently too), a route dump reports a nexthop's gateway beside its id (the kernel's
+// compatibility mode), the ipip fallback device cannot be deleted, a kernel without ipip answers
 // "operation not supported". It publishes route and link notifications, including the
 // echo of the caller's own changes, and drops (closes) a subscription that overflows.
 // String renders the whole state as sorted text.
@@ -25,9 +28,11 @@ type fakeKernel struct {
 	mu        sync.Mutex
 	links     map[int]*fakeLink
 	nextIndex int
-	routes    map[routeKey]netlink.Route
+	routes    map[routeKey]nlRoute
+	nexthops  map[uint32]nexthop
 	neighs    map[string]netlink.Neigh
 
+	noNexthops   bool // the kernel predates nexthop objects (Linux < 5.3)
 	noIPIP       bool // the kernel has no ipip module
 	ipipFallback int  // index of the fallback tunl0, 0 if none
 
@@ -35,7 +40,7 @@ type fakeKernel struct {
 	// request's answer.
 	fail func(op string, arg any) error
 
-	routeSubs map[chan netlink.RouteUpdate]bool
+	routeSubs map[chan routeUpdate]bool
 	linkSubs  map[chan netlink.LinkUpdate]bool
 	subBuffer int
 
@@ -53,17 +58,18 @@ func newFakeKernel() *fakeKernel {
 	fk := &fakeKernel{
 		links:     map[int]*fakeLink{},
 		nextIndex: 1,
-		routes:    map[routeKey]netlink.Route{},
+		routes:    map[routeKey]nlRoute{},
+		nexthops:  map[uint32]nexthop{},
 		neighs:    map[string]netlink.Neigh{},
-		routeSubs: map[chan netlink.RouteUpdate]bool{},
+		routeSubs: map[chan routeUpdate]bool{},
 		linkSubs:  map[chan netlink.LinkUpdate]bool{},
 		subBuffer: 1024,
 	}
 	fk.addLink(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo", MTU: 65536, Flags: net.FlagUp | net.FlagLoopback}})
 	eth := fk.addLink(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 9001, Flags: net.FlagUp}})
 	fk.links[eth].addrs = []netlink.Addr{{IPNet: mustIPNet("10.30.0.206/24"), LinkIndex: eth}}
-	fk.putRoute(netlink.Route{Dst: mustIPNet("10.30.0.0/24"), LinkIndex: eth, Protocol: unix.RTPROT_KERNEL, Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST})
-	fk.putRoute(netlink.Route{Dst: mustIPNet("0.0.0.0/0"), Gw: net.ParseIP("10.30.0.1").To4(), LinkIndex: eth, Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST})
+	fk.putRoute(nlRoute{Route: netlink.Route{Dst: mustIPNet("10.30.0.0/24"), LinkIndex: eth, Protocol: unix.RTPROT_KERNEL, Scope: netlink.SCOPE_LINK, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST}})
+	fk.putRoute(nlRoute{Route: netlink.Route{Dst: mustIPNet("0.0.0.0/0"), Gw: net.ParseIP("10.30.0.1").To4(), LinkIndex: eth, Protocol: unix.RTPROT_BOOT, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST}})
 	return fk
 }
 
@@ -125,56 +131,89 @@ func (fk *fakeKernel) check(op string, arg any) error {
 }
 
 func fakeKey(r *netlink.Route) routeKey {
-	kr, _ := fromNetlink(*r)
+	kr, _ := fromNetlink(nlRoute{Route: *r})
 	return kr.key()
 }
 
-func (fk *fakeKernel) putRoute(r netlink.Route) {
+func (fk *fakeKernel) putRoute(r nlRoute) {
 	if r.Table == 0 {
 		r.Table = unix.RT_TABLE_MAIN
 	}
-	fk.routes[fakeKey(&r)] = r
+	fk.routes[fakeKey(&r.Route)] = r
+}
+
+// compat is a route as a dump or notification reports it: a route that uses a nexthop
+// object also carries the object's gateway, device and onlink flag.
+func (fk *fakeKernel) compat(r nlRoute) nlRoute {
+	c := fk.stored(&r)
+	if nh, ok := fk.nexthops[r.NHID]; ok && r.NHID != 0 {
+		c.LinkIndex = nh.LinkIndex
+		if nh.Gw.IsValid() {
+			c.Gw = nh.Gw.AsSlice()
+		}
+		if nh.OnLink {
+			c.Flags |= int(netlink.FLAG_ONLINK)
+		}
+	}
+	return c
+}
+
+// checkNextHop checks a gateway on a device as fib_check_nh does, and finds the device of a
+// gateway that is reached through a connected route (link 0).
+func (fk *fakeKernel) checkNextHop(gw net.IP, link int, onlink bool) (int, error) {
+	if link != 0 {
+		l, ok := fk.links[link]
+		if !ok {
+			return 0, unix.ENODEV
+		}
+		if l.link.Attrs().Flags&net.FlagUp == 0 {
+			return 0, unix.ENETDOWN
+		}
+	}
+	if gw == nil || onlink {
+		if link == 0 {
+			return 0, unix.EINVAL
+		}
+		return link, nil
+	}
+	addr, _ := netip.AddrFromSlice(gw)
+	for _, c := range fk.routes {
+		if c.Gw != nil || c.NHID != 0 || c.Type != unix.RTN_UNICAST || (link != 0 && c.LinkIndex != link) {
+			continue
+		}
+		if kr, ok := fromNetlink(c); ok && kr.dst.Contains(addr.Unmap()) {
+			return c.LinkIndex, nil
+		}
+	}
+	return 0, unix.ENETUNREACH
 }
 
 // validate checks a route's next hop as fib_check_nh does, and fills in the device of a
 // gateway that is reached through a connected route.
-func (fk *fakeKernel) validate(r *netlink.Route) error {
+func (fk *fakeKernel) validate(r *nlRoute) error {
 	if r.Dst == nil {
 		return unix.EINVAL
 	}
 	if r.Type == unix.RTN_BLACKHOLE {
-		r.LinkIndex, r.Gw, r.Flags = 0, nil, 0
+		r.LinkIndex, r.Gw, r.Flags, r.NHID = 0, nil, 0, 0
 		return nil
 	}
-	if r.LinkIndex != 0 {
-		l, ok := fk.links[r.LinkIndex]
-		if !ok {
-			return unix.ENODEV
+	if r.NHID != 0 {
+		// "Nexthop specification and nexthop id are mutually exclusive"
+		if r.Gw != nil || r.LinkIndex != 0 {
+			return unix.EINVAL
 		}
-		if l.link.Attrs().Flags&net.FlagUp == 0 {
-			return unix.ENETDOWN
-		}
-	}
-	if r.Gw == nil || r.Flags&int(netlink.FLAG_ONLINK) != 0 {
-		if r.LinkIndex == 0 {
+		if _, ok := fk.nexthops[r.NHID]; !ok {
 			return unix.EINVAL
 		}
 		return nil
 	}
-	gw, _ := netip.AddrFromSlice(r.Gw)
-	for _, c := range fk.routes {
-		if c.Gw != nil || c.Type != unix.RTN_UNICAST || (r.LinkIndex != 0 && c.LinkIndex != r.LinkIndex) {
-			continue
-		}
-		if kr, ok := fromNetlink(c); ok && kr.dst.Contains(gw.Unmap()) {
-			r.LinkIndex = c.LinkIndex
-			return nil
-		}
-	}
-	return unix.ENETUNREACH
+	link, err := fk.checkNextHop(r.Gw, r.LinkIndex, r.Flags&int(netlink.FLAG_ONLINK) != 0)
+	r.LinkIndex = link
+	return err
 }
 
-func (fk *fakeKernel) stored(r *netlink.Route) netlink.Route {
+func (fk *fakeKernel) stored(r *nlRoute) nlRoute {
 	c := *r
 	c.Dst = &net.IPNet{IP: slices.Clone(r.Dst.IP), Mask: slices.Clone(r.Dst.Mask)}
 	c.Gw = slices.Clone(r.Gw)
@@ -188,42 +227,156 @@ func (fk *fakeKernel) stored(r *netlink.Route) netlink.Route {
 	return c
 }
 
-func (fk *fakeKernel) RouteAdd(r *netlink.Route) error {
+// RouteWrite logs its request as "RouteAdd <dst>" or "RouteReplace <dst>", after
+// "NexthopAdd <id>" for a nexthop object that comes with it. As the kernel does with a
+// batch, it answers each message, the object's first.
+func (fk *fakeKernel) RouteWrite(r *nlRoute, replace bool, nh *nexthop) (nhErr, err error) {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
-	if err := fk.check("RouteAdd", r.Dst); err != nil {
+	if nh != nil {
+		nhErr = fk.addNexthop(nh)
+	}
+	return nhErr, fk.writeRoute(r, replace)
+}
+
+func (fk *fakeKernel) writeRoute(r *nlRoute, replace bool) error {
+	op, flags := "RouteAdd", uint16(unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+	if replace {
+		op, flags = "RouteReplace", unix.NLM_F_CREATE|unix.NLM_F_REPLACE
+	}
+	if err := fk.check(op, r.Dst); err != nil {
 		return err
 	}
 	c := fk.stored(r)
-	if _, ok := fk.routes[fakeKey(&c)]; ok {
+	if _, ok := fk.routes[fakeKey(&c.Route)]; ok && !replace {
 		return unix.EEXIST
 	}
 	if err := fk.validate(&c); err != nil {
 		return err
 	}
 	fk.putRoute(c)
-	fk.notifyRoute(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, c)
+	fk.notifyRoute(unix.RTM_NEWROUTE, flags, c)
 	return nil
 }
 
-func (fk *fakeKernel) RouteReplace(r *netlink.Route) error {
+func (fk *fakeKernel) RouteDump(f func(nlRoute) bool) error {
+	fk.mu.Lock()
+	var list []nlRoute
+	for _, r := range fk.sortedRoutes() {
+		if r.Table == unix.RT_TABLE_MAIN {
+			list = append(list, fk.compat(r))
+		}
+	}
+	fk.mu.Unlock()
+	for _, r := range list {
+		if !f(r) {
+			break
+		}
+	}
+	return nil
+}
+
+// externalNexthopAdd creates a nexthop object as `ip nexthop add` would.
+func (fk *fakeKernel) externalNexthopAdd(nh nexthop) error {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
-	if err := fk.check("RouteReplace", r.Dst); err != nil {
+	return fk.addNexthop(&nh)
+}
+
+func (fk *fakeKernel) addNexthop(nh *nexthop) error {
+	if err := fk.check("NexthopAdd", nh.ID); err != nil {
 		return err
 	}
-	c := fk.stored(r)
-	if err := fk.validate(&c); err != nil {
+	if fk.noNexthops {
+		return unix.EOPNOTSUPP
+	}
+	if _, ok := fk.nexthops[nh.ID]; ok {
+		return unix.EEXIST
+	}
+	var gw net.IP
+	if nh.Gw.IsValid() {
+		gw = nh.Gw.AsSlice()
+	}
+	if nh.LinkIndex == 0 {
+		return unix.EINVAL
+	}
+	if _, err := fk.checkNextHop(gw, nh.LinkIndex, nh.OnLink); err != nil {
 		return err
 	}
-	fk.putRoute(c)
-	fk.notifyRoute(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, c)
+	fk.nexthops[nh.ID] = *nh
+	fk.notifyNexthop(unix.RTM_NEWNEXTHOP, *nh)
 	return nil
+}
+
+func (fk *fakeKernel) NexthopDel(id uint32) error {
+	fk.mu.Lock()
+	defer fk.mu.Unlock()
+	if err := fk.check("NexthopDel", id); err != nil {
+		return err
+	}
+	return fk.delNexthop(id)
+}
+
+func (fk *fakeKernel) delNexthop(id uint32) error {
+	if fk.noNexthops {
+		return unix.EOPNOTSUPP
+	}
+	nh, ok := fk.nexthops[id]
+	if !ok {
+		return unix.ENOENT
+	}
+	fk.dropNexthop(id)
+	fk.notifyNexthop(unix.RTM_DELNEXTHOP, nh)
+	return nil
+}
+
+// dropNexthop removes a nexthop object and, silently, the routes that use it.
+func (fk *fakeKernel) dropNexthop(id uint32) {
+	delete(fk.nexthops, id)
+	for k, r := range fk.routes {
+		if r.NHID == id {
+			delete(fk.routes, k)
+		}
+	}
+}
+
+func (fk *fakeKernel) NexthopDump(f func(nexthop) bool) error {
+	fk.mu.Lock()
+	if fk.noNexthops {
+		fk.mu.Unlock()
+		return unix.EOPNOTSUPP
+	}
+	list := slices.SortedFunc(maps.Values(fk.nexthops), func(a, b nexthop) int { return cmp.Compare(a.ID, b.ID) })
+	fk.mu.Unlock()
+	for _, nh := range list {
+		if !f(nh) {
+			break
+		}
+	}
+	return nil
+}
+
+// RouteDelete logs its request as "RouteDel <dst>", then "NexthopDel <id>" for the object
+// that goes with it.
+func (fk *fakeKernel) RouteDelete(r *nlRoute, nhid uint32) (nhErr, err error) {
+	fk.mu.Lock()
+	defer fk.mu.Unlock()
+	err = fk.delRoute(&r.Route)
+	if nhid != 0 {
+		if nhErr = fk.check("NexthopDel", nhid); nhErr == nil {
+			nhErr = fk.delNexthop(nhid)
+		}
+	}
+	return nhErr, err
 }
 
 func (fk *fakeKernel) RouteDel(r *netlink.Route) error {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
+	return fk.delRoute(r)
+}
+
+func (fk *fakeKernel) delRoute(r *netlink.Route) error {
 	if err := fk.check("RouteDel", r.Dst); err != nil {
 		return err
 	}
@@ -244,7 +397,7 @@ func (fk *fakeKernel) RouteListFilteredIter(family int, filter *netlink.Route, m
 		if mask&netlink.RT_FILTER_PROTOCOL != 0 && r.Protocol != filter.Protocol {
 			continue
 		}
-		list = append(list, fk.stored(&r))
+		list = append(list, fk.compat(r).Route)
 	}
 	fk.mu.Unlock()
 	for _, r := range list {
@@ -255,7 +408,7 @@ func (fk *fakeKernel) RouteListFilteredIter(family int, filter *netlink.Route, m
 	return nil
 }
 
-func (fk *fakeKernel) sortedRoutes() []netlink.Route {
+func (fk *fakeKernel) sortedRoutes() []nlRoute {
 	keys := make([]routeKey, 0, len(fk.routes))
 	for k := range fk.routes {
 		keys = append(keys, k)
@@ -266,19 +419,24 @@ func (fk *fakeKernel) sortedRoutes() []netlink.Route {
 		}
 		return cmp.Compare(a.metric, b.metric)
 	})
-	out := make([]netlink.Route, len(keys))
+	out := make([]nlRoute, len(keys))
 	for i, k := range keys {
 		out[i] = fk.routes[k]
 	}
 	return out
 }
 
-// flushLink drops what goes with a device that goes down or away: its routes (silently, as
-// IPv4 does), and when it is deleted its neighbours.
+// flushLink drops what goes with a device that goes down or away: its routes and nexthop
+// objects (silently, as IPv4 does), and when it is deleted its neighbours.
 func (fk *fakeKernel) flushLink(idx int, deleted bool) {
 	for k, r := range fk.routes {
 		if r.LinkIndex == idx {
 			delete(fk.routes, k)
+		}
+	}
+	for id, nh := range fk.nexthops {
+		if nh.LinkIndex == idx {
+			fk.dropNexthop(id)
 		}
 	}
 	if deleted {
@@ -496,10 +654,10 @@ func (fk *fakeKernel) NeighList(idx, family int) ([]netlink.Neigh, error) {
 // Subscriptions. A full channel is closed, as the netlink library does when the socket
 // overflows (ENOBUFS).
 
-func (fk *fakeKernel) subscribeRoutes(done <-chan struct{}) (<-chan netlink.RouteUpdate, error) {
+func (fk *fakeKernel) subscribeRoutes(done <-chan struct{}) (<-chan routeUpdate, error) {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
-	ch := make(chan netlink.RouteUpdate, fk.subBuffer)
+	ch := make(chan routeUpdate, fk.subBuffer)
 	fk.routeSubs[ch] = true
 	go func() {
 		<-done
@@ -530,10 +688,18 @@ func (fk *fakeKernel) subscribeLinks(done <-chan struct{}) (<-chan netlink.LinkU
 	return ch, nil
 }
 
-func (fk *fakeKernel) notifyRoute(typ uint16, flags uint16, r netlink.Route) {
+func (fk *fakeKernel) notifyRoute(typ uint16, flags uint16, r nlRoute) {
+	fk.notify(routeUpdate{Type: typ, NlFlags: int(flags), Route: fk.compat(r)})
+}
+
+func (fk *fakeKernel) notifyNexthop(typ uint16, nh nexthop) {
+	fk.notify(routeUpdate{Type: typ, Nexthop: nh})
+}
+
+func (fk *fakeKernel) notify(u routeUpdate) {
 	for ch := range fk.routeSubs {
 		select {
-		case ch <- netlink.RouteUpdate{Type: typ, NlFlags: flags, Route: fk.stored(&r)}:
+		case ch <- u:
 		default:
 			delete(fk.routeSubs, ch)
 			close(ch)
@@ -570,12 +736,19 @@ func (fk *fakeKernel) externalRouteDel(dst string) bool {
 	return false
 }
 
+// externalNexthopDel deletes a nexthop object as `ip nexthop del id N` would.
+func (fk *fakeKernel) externalNexthopDel(id uint32) bool {
+	fk.mu.Lock()
+	defer fk.mu.Unlock()
+	return fk.delNexthop(id) == nil
+}
+
 // externalRouteAdd adds a route as `ip route add` would, with the given protocol.
 func (fk *fakeKernel) externalRouteAdd(r netlink.Route) error {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
-	c := fk.stored(&r)
-	if _, ok := fk.routes[fakeKey(&c)]; ok {
+	c := fk.stored(&nlRoute{Route: r})
+	if _, ok := fk.routes[fakeKey(&c.Route)]; ok {
 		return unix.EEXIST
 	}
 	if err := fk.validate(&c); err != nil {
@@ -633,7 +806,8 @@ func (fk *fakeKernel) opLog() []string {
 }
 
 // String renders the namespace as sorted text: links (no indexes: they depend on the order
-// of creation), neighbours, FDB entries, routes in `ip route` form.
+// of creation), neighbours, FDB entries, nexthop objects in `ip nexthop` form, routes in
+// `ip route` form.
 func (fk *fakeKernel) String() string {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
@@ -696,8 +870,25 @@ func (fk *fakeKernel) String() string {
 	for _, l := range neighLines {
 		b.WriteString(l + "\n")
 	}
+	// Nexthop ids are renumbered in the order of what the objects hold, so that namespaces
+	// with the same forwarding state render the same whatever order their ids were
+	// allocated in.
+	nhs := slices.SortedFunc(maps.Values(fk.nexthops), func(a, b nexthop) int {
+		return cmp.Or(a.Gw.Compare(b.Gw), strings.Compare(name(a.LinkIndex), name(b.LinkIndex)), cmp.Compare(a.ID, b.ID))
+	})
+	shown := make(map[uint32]uint32, len(nhs))
+	for i, nh := range nhs {
+		shown[nh.ID] = uint32(i + 1)
+		fmt.Fprintf(&b, "nexthop id %d via %s dev %s proto %s", i+1, nh.Gw, name(nh.LinkIndex), protoName(netlink.RouteProtocol(nh.Protocol)))
+		if nh.OnLink {
+			b.WriteString(" onlink")
+		}
+		b.WriteString("\n")
+	}
 	for _, r := range fk.sortedRoutes() {
-		b.WriteString(renderRoute(r, name) + "\n")
+		c := fk.compat(r)
+		c.NHID = shown[c.NHID]
+		b.WriteString(renderRoute(c, name) + "\n")
 	}
 	return b.String()
 }
@@ -717,7 +908,7 @@ func protoName(p netlink.RouteProtocol) string {
 }
 
 // renderRoute prints a route as `ip route` does.
-func renderRoute(r netlink.Route, name func(int) string) string {
+func renderRoute(r nlRoute, name func(int) string) string {
 	var b strings.Builder
 	if r.Type == unix.RTN_BLACKHOLE {
 		b.WriteString("blackhole ")
@@ -726,6 +917,9 @@ func renderRoute(r netlink.Route, name func(int) string) string {
 		b.WriteString("default")
 	} else {
 		b.WriteString(r.Dst.String())
+	}
+	if r.NHID != 0 {
+		fmt.Fprintf(&b, " nhid %d", r.NHID)
 	}
 	if r.Gw != nil {
 		b.WriteString(" via " + r.Gw.String())

@@ -21,7 +21,15 @@ func ReadUnderlay(h *netlink.Handle, protocol int) ([]UnderlayRoute, error) {
 	return readUnderlay(h, protocol)
 }
 
-func readUnderlay(nl netlinker, protocol int) ([]UnderlayRoute, error) {
+// hostReader is the part of netlink that reads the host's own links, addresses and routes;
+// *netlink.Handle implements it, and so does the tests' fake kernel.
+type hostReader interface {
+	LinkList() ([]netlink.Link, error)
+	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
+	RouteListFilteredIter(family int, filter *netlink.Route, mask uint64, f func(netlink.Route) bool) error
+}
+
+func readUnderlay(nl hostReader, protocol int) ([]UnderlayRoute, error) {
 	if protocol == 0 {
 		protocol = DefaultProtocol
 	}
@@ -82,7 +90,7 @@ func HostMTU(h *netlink.Handle, nodeAddr netip.Addr) (mtu int, nic string, err e
 	return hostMTU(h, nodeAddr)
 }
 
-func hostMTU(nl netlinker, nodeAddr netip.Addr) (int, string, error) {
+func hostMTU(nl hostReader, nodeAddr netip.Addr) (int, string, error) {
 	links, err := nl.LinkList()
 	if err != nil {
 		return 0, "", fmt.Errorf("list links: %w", err)

@@ -132,20 +132,31 @@ type Kernel struct {
 	passes          uint64
 	fullSyncs       uint64
 	pools           []netip.Prefix // of the state being applied: their routes are not underlay
+	// noNexthops: the kernel has no nexthop objects; routes name their gateways.
+	noNexthops bool
 
 	// onPass, when set (tests, benchmarks), is called by Run after every pass.
 	onPass func(passReport)
 	// observePass is KernelOptions.ObservePass.
 	observePass func(time.Duration)
+	// closeNL closes what NewKernel opened; nil for a test's fake kernel.
+	closeNL func()
 }
 
-// NewKernel returns a reconciler for the namespace opts.Handle is bound to. Nothing touches
-// the kernel until Run.
+// NewKernel returns a reconciler for the namespace opts.Handle is bound to. It opens one
+// route netlink socket there (for nexthop objects, which the library does not know), which
+// Run closes when it returns; nothing else touches the kernel until Run.
 func NewKernel(opts KernelOptions) (*Kernel, error) {
 	if opts.Handle == nil {
 		return nil, errors.New("routing: KernelOptions.Handle is required")
 	}
-	return newKernel(opts.Handle, handleSource{ns: opts.Namespace}, opts), nil
+	nl, err := newRTNL(opts.Handle, opts.Namespace)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
+	k := newKernel(nl, handleSource{ns: opts.Namespace}, opts)
+	k.closeNL = nl.Close
+	return k, nil
 }
 
 func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
@@ -268,7 +279,7 @@ func due(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
 // pass while link events keep flowing.
 type subscriptions struct {
 	routeDone chan struct{}
-	routeCh   <-chan netlink.RouteUpdate
+	routeCh   <-chan routeUpdate
 	linkDone  chan struct{}
 	linkCh    <-chan netlink.LinkUpdate
 }
@@ -351,6 +362,9 @@ func (k *Kernel) pauseRouteEvents() {
 func (k *Kernel) Run(ctx context.Context) error {
 	if !k.running.CompareAndSwap(false, true) {
 		return errors.New("routing: Kernel.Run called twice")
+	}
+	if k.closeNL != nil {
+		defer k.closeNL()
 	}
 	k.sch = schedule{fullAt: time.Now(), backoff: minBackoff}
 	k.subscribe()

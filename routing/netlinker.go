@@ -15,8 +15,15 @@ import (
 // netlinker is the part of netlink the reconciler uses. *netlink.Handle implements it; the
 // tests implement it with a fake kernel that renders its state as text.
 type netlinker interface {
-	RouteAdd(*netlink.Route) error
-	RouteReplace(*netlink.Route) error
+	// RouteWrite, RouteDump and the nexthop calls are tabby's own codec (rtnl.go): the
+	// library knows neither nexthop objects nor routes that use them.
+	RouteWrite(r *nlRoute, replace bool, nh *nexthop) (nhErr, err error)
+	RouteDelete(r *nlRoute, nhid uint32) (nhErr, err error)
+	RouteDump(f func(nlRoute) bool) error
+	NexthopDel(id uint32) error
+	NexthopDump(f func(nexthop) bool) error
+	// The library's route calls serve what needs no nexthop id: deletes by key, and the
+	// host's own routes (ReadUnderlay, Cleanup).
 	RouteDel(*netlink.Route) error
 	RouteListFilteredIter(family int, filter *netlink.Route, mask uint64, f func(netlink.Route) bool) error
 
@@ -38,18 +45,18 @@ type netlinker interface {
 	NeighList(linkIndex, family int) ([]netlink.Neigh, error)
 }
 
-// eventSource delivers the kernel's route and link notifications. A channel is closed when
+// eventSource delivers the kernel's route, nexthop and link notifications. A channel is closed when
 // its subscription dies (typically the socket overflowed and events were lost); the
 // reconciler then subscribes again and resynchronises in full.
 type eventSource interface {
-	subscribeRoutes(done <-chan struct{}) (<-chan netlink.RouteUpdate, error)
+	subscribeRoutes(done <-chan struct{}) (<-chan routeUpdate, error)
 	subscribeLinks(done <-chan struct{}) (<-chan netlink.LinkUpdate, error)
 }
 
 // eventBuffer is the channel depth of a subscription. The socket buffer behind it is set
 // large (subscribeBuffer) so that the echo of a burst of our own changes is rarely lost;
 // that buffer is the kernel's memory and holds tens of thousands of notifications, while
-// each slot of the channel is a decoded netlink.RouteUpdate (384 bytes) on tabbyd's heap,
+// each slot of the channel is a decoded routeUpdate (about 400 bytes) on tabbyd's heap,
 // allocated up front: 4,096 of them were 1.5 MB of a 5,000-node daemon's 23 MB heap.
 const (
 	eventBuffer     = 512
@@ -61,18 +68,13 @@ type handleSource struct {
 	ns *netns.NsHandle // nil: the caller's namespace
 }
 
-func (s handleSource) subscribeRoutes(done <-chan struct{}) (<-chan netlink.RouteUpdate, error) {
-	ch := make(chan netlink.RouteUpdate, eventBuffer)
-	opts := netlink.RouteSubscribeOptions{Namespace: s.ns, ReceiveBufferSize: subscribeBuffer, ReceiveBufferForceSize: true}
-	if err := netlink.RouteSubscribeWithOptions(ch, done, opts); err != nil {
+func (s handleSource) subscribeRoutes(done <-chan struct{}) (<-chan routeUpdate, error) {
+	ch, err := subscribeRouteEvents(s.ns, done, true)
+	if err != nil {
 		// Forcing the buffer size needs CAP_NET_ADMIN; settle for what the kernel allows.
-		ch = make(chan netlink.RouteUpdate, eventBuffer)
-		opts.ReceiveBufferForceSize = false
-		if err := netlink.RouteSubscribeWithOptions(ch, done, opts); err != nil {
-			return nil, fmt.Errorf("subscribe to route events: %w", err)
-		}
+		ch, err = subscribeRouteEvents(s.ns, done, false)
 	}
-	return ch, nil
+	return ch, err
 }
 
 func (s handleSource) subscribeLinks(done <-chan struct{}) (<-chan netlink.LinkUpdate, error) {
@@ -90,37 +92,61 @@ func (s handleSource) subscribeLinks(done <-chan struct{}) (<-chan netlink.LinkU
 
 // OpCounts counts netlink requests by kind. A request is one round trip to the kernel.
 type OpCounts struct {
-	RouteWrites uint64 // RouteAdd, RouteReplace, RouteDel
-	RouteDumps  uint64
-	LinkOps     uint64 // LinkByName, LinkAdd, LinkDel, LinkSet*
-	AddrOps     uint64
-	NeighWrites uint64 // neighbour and FDB entries
-	NeighDumps  uint64
+	RouteWrites uint64 // route adds, replaces and deletes
+	NexthopOps  uint64 // nexthop deletes and dumps
+	// NexthopsWithRoutes counts nexthop objects created in the request of the first route
+	// that uses them, or deleted in the request of the last: a message more, not a round
+	// trip more.
+	NexthopsWithRoutes uint64
+	RouteDumps         uint64
+	LinkOps            uint64 // LinkByName, LinkAdd, LinkDel, LinkSet*
+	AddrOps            uint64
+	NeighWrites        uint64 // neighbour and FDB entries
+	NeighDumps         uint64
 }
 
-// Total is the number of netlink requests.
+// Total is the number of netlink requests (round trips).
 func (c OpCounts) Total() uint64 {
-	return c.RouteWrites + c.RouteDumps + c.LinkOps + c.AddrOps + c.NeighWrites + c.NeighDumps
+	return c.RouteWrites + c.NexthopOps + c.RouteDumps + c.LinkOps + c.AddrOps + c.NeighWrites + c.NeighDumps
 }
 
 // counting wraps a netlinker and counts its requests, for Status and the benchmarks.
 type counting struct {
-	nl                                        netlinker
-	routeWrites, routeDumps, linkOps, addrOps atomic.Uint64
-	neighWrites, neighDumps                   atomic.Uint64
+	nl                                                    netlinker
+	routeWrites, nexthopOps, routeDumps, linkOps, addrOps atomic.Uint64
+	nexthopsWithRoutes                                    atomic.Uint64
+	neighWrites, neighDumps                               atomic.Uint64
 }
 
 func (c *counting) counts() OpCounts {
 	return OpCounts{
-		RouteWrites: c.routeWrites.Load(), RouteDumps: c.routeDumps.Load(), LinkOps: c.linkOps.Load(),
+		RouteWrites: c.routeWrites.Load(), NexthopOps: c.nexthopOps.Load(), NexthopsWithRoutes: c.nexthopsWithRoutes.Load(), RouteDumps: c.routeDumps.Load(), LinkOps: c.linkOps.Load(),
 		AddrOps: c.addrOps.Load(), NeighWrites: c.neighWrites.Load(), NeighDumps: c.neighDumps.Load(),
 	}
 }
 
-func (c *counting) RouteAdd(r *netlink.Route) error { c.routeWrites.Add(1); return c.nl.RouteAdd(r) }
-func (c *counting) RouteReplace(r *netlink.Route) error {
+func (c *counting) RouteWrite(r *nlRoute, replace bool, nh *nexthop) (error, error) {
 	c.routeWrites.Add(1)
-	return c.nl.RouteReplace(r)
+	if nh != nil {
+		c.nexthopsWithRoutes.Add(1)
+	}
+	return c.nl.RouteWrite(r, replace, nh)
+}
+func (c *counting) RouteDelete(r *nlRoute, nhid uint32) (error, error) {
+	c.routeWrites.Add(1)
+	if nhid != 0 {
+		c.nexthopsWithRoutes.Add(1)
+	}
+	return c.nl.RouteDelete(r, nhid)
+}
+func (c *counting) RouteDump(f func(nlRoute) bool) error {
+	c.routeDumps.Add(1)
+	return c.nl.RouteDump(f)
+}
+func (c *counting) NexthopDel(id uint32) error { c.nexthopOps.Add(1); return c.nl.NexthopDel(id) }
+func (c *counting) NexthopDump(f func(nexthop) bool) error {
+	c.nexthopOps.Add(1)
+	return c.nl.NexthopDump(f)
 }
 func (c *counting) RouteDel(r *netlink.Route) error { c.routeWrites.Add(1); return c.nl.RouteDel(r) }
 func (c *counting) RouteListFilteredIter(family int, filter *netlink.Route, mask uint64, f func(netlink.Route) bool) error {

@@ -105,6 +105,9 @@ func (k *Kernel) pass(ctx context.Context, want *State, full bool) passReport {
 	k.pend.reset()
 	k.installedWanted = 0
 	if full {
+		if err := k.resyncNexthops(); err != nil {
+			rep.fail(err)
+		}
 		if err := k.resyncRoutes(want); err != nil {
 			rep.fail(err)
 		}
@@ -124,6 +127,7 @@ func (k *Kernel) pass(ctx context.Context, want *State, full bool) passReport {
 	// Leftovers of a previous run are swept only once everything wanted is in place.
 	sweep := k.isSynced || rep.failures == 0
 	k.deleteRoutes(ctx, &rep, sweep)
+	k.deleteNexthops(&rep, sweep)
 	k.deleteNeighbors(&rep, want, sweep)
 	k.removeDevices(&rep, want, full)
 	k.settle()
@@ -143,9 +147,8 @@ func (k *Kernel) resyncRoutes(want *State) error {
 	old := k.rec.routes
 	routes := make(map[routeKey]installed, len(old))
 	conflicts := map[routeKey]int{}
-	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
-	err := k.nl.RouteListFilteredIter(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE, func(nr netlink.Route) bool {
-		kr, ok := fromNetlink(nr)
+	err := k.nl.RouteDump(func(nr nlRoute) bool {
+		kr, ok := k.fromKernel(nr)
 		if !ok {
 			return true
 		}
@@ -174,6 +177,49 @@ func (k *Kernel) resyncRoutes(want *State) error {
 	k.rec.vxlan.ok, k.rec.vxlan.unsupported = false, false
 	k.rec.dropLinks()
 	return nil
+}
+
+// resyncNexthops replaces the record of nexthop objects by what the kernel holds: tabby's
+// own (its protocol, a gateway on a device), and the ids of all others, which are never
+// allocated. A kernel without nexthop objects (before Linux 5.3) makes routes name their
+// gateway themselves from then on.
+func (k *Kernel) resyncNexthops() error {
+	if k.noNexthops {
+		return nil
+	}
+	ours := map[uint32]nhKey{}
+	foreign := map[uint32]struct{}{}
+	err := k.nl.NexthopDump(func(nh nexthop) bool {
+		if nh.Protocol == k.proto && !nh.Other {
+			ours[nh.ID] = nhKey{gw: nh.Gw, link: nh.LinkIndex, onlink: nh.OnLink}
+		} else {
+			foreign[nh.ID] = struct{}{}
+		}
+		return true
+	})
+	switch {
+	case err != nil && isNexthopUnsupported(err):
+		k.noNexthops = true
+		k.log.Info("the kernel has no nexthop objects: routes name their gateways themselves", "error", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("list nexthop objects: %w", err)
+	}
+	k.rec.setNexthops(ours, foreign)
+	return nil
+}
+
+// fromKernel reduces a route read from the kernel and, when it uses one of tabby's nexthop
+// objects, takes its next hop from the record, which holds what the object really is
+// (without the kernel's nexthop compatibility mode, the route carries only the id).
+func (k *Kernel) fromKernel(nr nlRoute) (kroute, bool) {
+	kr, ok := fromNetlink(nr)
+	if ok && kr.nhid != 0 {
+		if e, ours := k.rec.nexthops[kr.nhid]; ours {
+			kr.gw, kr.link, kr.onlink = e.key.gw, e.key.link, e.key.onlink
+		}
+	}
+	return kr, ok
 }
 
 // resyncNeighbors replaces the record of vxlan.tabby's neighbours and FDB entries by what
@@ -464,6 +510,8 @@ func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 			return true
 		}
 		have, ok := k.rec.routes[key]
+		var create *nexthop
+		w.kr, create = k.nexthopFor(w.kr)
 		if ok && have.kr == w.kr {
 			k.installedWanted++
 			if have.adopted || have.kind != w.kind {
@@ -478,11 +526,7 @@ func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 			k.pauseRouteEvents()
 		}
 		var err error
-		if ok {
-			err = k.nl.RouteReplace(k.req.fill(w.kr, k.proto))
-		} else {
-			err = k.nl.RouteAdd(k.req.fill(w.kr, k.proto))
-		}
+		w.kr, err = k.writeRoute(w.kr, create, ok)
 		switch {
 		case err == nil:
 			k.installedWanted++
@@ -530,8 +574,7 @@ func (k *Kernel) resolveExisting(rep *passReport, keys []routeKey) {
 	for _, key := range keys {
 		owner[key] = -1
 	}
-	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
-	err := k.nl.RouteListFilteredIter(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE, func(nr netlink.Route) bool {
+	err := k.nl.RouteDump(func(nr nlRoute) bool {
 		if kr, ok := fromNetlink(nr); ok {
 			if p, asked := owner[kr.key()]; asked && p != k.proto {
 				owner[kr.key()] = int(nr.Protocol)
@@ -550,7 +593,10 @@ func (k *Kernel) resolveExisting(rep *passReport, keys []routeKey) {
 		w := k.want.routes[key]
 		switch proto {
 		case k.proto:
-			if err := k.nl.RouteReplace(k.req.fill(w.kr, k.proto)); err != nil {
+			kr, create := k.nexthopFor(w.kr)
+			kr, err := k.writeRoute(kr, create, true)
+			w.kr = kr
+			if err != nil {
 				rep.fail(fmt.Errorf("route %s: %w", key.prefix(), err))
 				k.pend.routes[key] = struct{}{}
 				continue
@@ -593,15 +639,25 @@ func (k *Kernel) deleteRoutes(ctx context.Context, rep *passReport, sweep bool) 
 		if ops == bulkWrites {
 			k.pauseRouteEvents()
 		}
-		del := k.req.fill(kroute{dst: have.kr.dst, metric: have.kr.metric, blackhole: true}, k.proto)
-		del.Type, del.Scope = 0, netlink.SCOPE_NOWHERE // match the route whatever its type and scope
-		err := k.nl.RouteDel(del)
+		// The last route through a nexthop object takes the object with it, in one request.
+		var nhid uint32
+		if e, ok := k.rec.nexthops[have.kr.nhid]; ok && e.refs == 1 && (!e.adopted || sweep) {
+			nhid = have.kr.nhid
+		}
+		nhErr, err := k.nl.RouteDelete(k.req.fill(kroute{dst: have.kr.dst, metric: have.kr.metric}, k.proto), nhid)
 		if err != nil && !isGone(err) {
 			rep.fail(fmt.Errorf("delete route %s: %w", key.prefix(), err))
 			k.pend.routes[key] = struct{}{}
 			return true
 		}
 		k.rec.delRoute(key)
+		switch {
+		case nhid == 0:
+		case nhErr == nil || isGone(nhErr):
+			k.rec.delNexthop(nhid)
+		default:
+			rep.fail(fmt.Errorf("delete nexthop %d: %w", nhid, nhErr))
+		}
 		return true
 	}
 	if k.routeDirty.all {
@@ -620,6 +676,76 @@ func (k *Kernel) deleteRoutes(ctx context.Context, rep *passReport, sweep bool) 
 			}
 		}
 	}
+}
+
+// nexthopFor points a route with a gateway at tabby's nexthop object for that next hop.
+// When there is none yet, it picks a free id and returns the object to create, which
+// writeRoute sends with the route. Blackholes, routes without a gateway and every route on
+// a kernel without nexthop objects name their next hop themselves.
+func (k *Kernel) nexthopFor(kr kroute) (kroute, *nexthop) {
+	kr.nhid = 0
+	if k.noNexthops || kr.blackhole || !kr.gw.IsValid() {
+		return kr, nil
+	}
+	key := kr.nextHop()
+	if id, ok := k.rec.nhByKey[key]; ok {
+		kr.nhid = id
+		return kr, nil
+	}
+	kr.nhid = k.rec.freeNexthopID()
+	return kr, &nexthop{ID: kr.nhid, Gw: key.gw, LinkIndex: key.link, OnLink: key.onlink, Protocol: k.proto}
+}
+
+// writeRoute writes a route, with the nexthop object it needs if create is set, and
+// returns the route as written. An id someone else took since the last dump fails with
+// EEXIST while the route goes in through their object: the route is written again through
+// a new one.
+func (k *Kernel) writeRoute(kr kroute, create *nexthop, replace bool) (kroute, error) {
+	const attempts = 8
+	for attempt := 1; ; attempt++ {
+		nhErr, err := k.nl.RouteWrite(k.req.fill(kr, k.proto), replace, create)
+		switch {
+		case create == nil:
+			return kr, err
+		case nhErr == nil:
+			k.rec.putNexthop(create.ID, kr.nextHop(), false)
+			return kr, err
+		case errors.Is(nhErr, unix.EEXIST) && attempt < attempts:
+			k.rec.nhForeign[create.ID] = struct{}{}
+			replace = replace || err == nil
+			kr, create = k.nexthopFor(kr)
+		default:
+			return kr, fmt.Errorf("nexthop object via %s: %w", kr.gw, nhErr)
+		}
+	}
+}
+
+// deleteNexthops removes tabby's nexthop objects that no route uses any more. An object
+// found in the kernel waits for the first full sync, like an adopted route.
+func (k *Kernel) deleteNexthops(rep *passReport, sweep bool) {
+	for id := range k.rec.nhIdle {
+		e := k.rec.nexthops[id]
+		if e == nil || e.refs != 0 || (e.adopted && !sweep) {
+			continue
+		}
+		if err := k.nl.NexthopDel(id); err != nil && !isGone(err) {
+			rep.fail(fmt.Errorf("delete nexthop %d: %w", id, err))
+			continue
+		}
+		k.rec.delNexthop(id)
+	}
+}
+
+// dropNexthop forgets a nexthop object the kernel no longer has, and the routes that used
+// it: the kernel deletes them with it, without a notification of their own.
+func (k *Kernel) dropNexthop(id uint32) {
+	for key, r := range k.rec.routes {
+		if r.kr.nhid == id {
+			k.rec.delRoute(key)
+			k.routeDirty.mark(key)
+		}
+	}
+	k.rec.delNexthop(id)
 }
 
 // deleteNeighbors removes the FDB entries, then the neighbours, that are no longer wanted.
@@ -744,16 +870,28 @@ func (k *Kernel) reportProblems(rep *passReport) {
 }
 
 // forgetLink drops from the record what the kernel removed with a device: the routes
-// through it and, for vxlan.tabby, its neighbours and FDB entries.
+// through it, the nexthop objects on it and, for vxlan.tabby, its neighbours and FDB entries.
 func (k *Kernel) forgetLink(index int) {
 	if index == 0 {
 		return
 	}
+	var gone map[uint32]bool
+	for id, e := range k.rec.nexthops {
+		if e.key.link == index {
+			if gone == nil {
+				gone = map[uint32]bool{}
+			}
+			gone[id] = true
+		}
+	}
 	for key, r := range k.rec.routes {
-		if r.kr.link == index {
+		if r.kr.link == index || gone[r.kr.nhid] {
 			k.rec.delRoute(key)
 			k.routeDirty.mark(key)
 		}
+	}
+	for id := range gone {
+		k.rec.delNexthop(id)
 	}
 	if index == k.rec.vxlan.index {
 		for ip := range k.rec.neighs {

@@ -32,18 +32,42 @@ type kroute struct {
 	dst       netip.Prefix
 	metric    int
 	blackhole bool
-	gw        netip.Addr
-	link      int
-	onlink    bool
-	mtu       int
+	// gw, link and onlink are the next hop, whether the route names it itself or through
+	// the nexthop object nhid (0: none).
+	gw     netip.Addr
+	link   int
+	onlink bool
+	nhid   uint32
+	mtu    int
 }
 
 func (r kroute) key() routeKey { return keyOf(r.dst, r.metric) }
 
+// nextHop is what a nexthop object for this route would hold.
+func (r kroute) nextHop() nhKey { return nhKey{gw: r.gw, link: r.link, onlink: r.onlink} }
+
+// nhKey is what a nexthop object of tabby's holds: a gateway on a device. tabby keeps one
+// object per distinct next hop and shares it between every route through that gateway.
+type nhKey struct {
+	gw     netip.Addr
+	link   int
+	onlink bool
+}
+
+// nhEntry is a nexthop object of tabby's protocol that the kernel has.
+type nhEntry struct {
+	key nhKey
+	// refs counts the routes of the record that use it; at 0 it is deleted.
+	refs int
+	// adopted marks an object found in the kernel (a previous run's): unused, it is
+	// deleted only once the first full sync is done, like an adopted route.
+	adopted bool
+}
+
 // request is a reusable netlink route request: the library does not keep the route it is
 // given, so one request (and its address buffers) serves every write of a pass.
 type request struct {
-	route netlink.Route
+	route nlRoute
 	dst   net.IPNet
 	dstIP [4]byte
 	gwIP  [4]byte
@@ -57,20 +81,25 @@ var masks = func() (m [33]net.IPMask) {
 	return m
 }()
 
-// fill makes q the request for r with the given protocol, in the main table.
-func (q *request) fill(r kroute, protocol int) *netlink.Route {
+// fill makes q the request for r with the given protocol, in the main table. A route with
+// a nexthop object names only its id: the kernel refuses a gateway or device beside it.
+func (q *request) fill(r kroute, protocol int) *nlRoute {
 	q.dstIP = r.dst.Addr().As4()
 	q.dst = net.IPNet{IP: q.dstIP[:], Mask: masks[r.dst.Bits()]}
-	q.route = netlink.Route{
+	q.route = nlRoute{Route: netlink.Route{
 		Dst:      &q.dst,
 		Protocol: netlink.RouteProtocol(protocol),
 		Table:    unix.RT_TABLE_MAIN,
 		Priority: r.metric,
 		Type:     unix.RTN_UNICAST,
 		MTU:      r.mtu,
-	}
+	}}
 	if r.blackhole {
 		q.route.Type = unix.RTN_BLACKHOLE
+		return &q.route
+	}
+	if r.nhid != 0 {
+		q.route.NHID = r.nhid
 		return &q.route
 	}
 	if r.gw.IsValid() {
@@ -85,8 +114,10 @@ func (q *request) fill(r kroute, protocol int) *netlink.Route {
 }
 
 // fromNetlink reduces a route read from the kernel. ok is false for what tabby never writes
-// (IPv6, multipath).
-func fromNetlink(nr netlink.Route) (kroute, bool) {
+// (IPv6, multipath). The next hop of a route that uses a nexthop object is what the kernel
+// reported beside the id; the caller fills it from its record when it knows the object.
+func fromNetlink(in nlRoute) (kroute, bool) {
+	nr := in.Route
 	var dst netip.Prefix
 	if nr.Dst == nil {
 		dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
@@ -116,6 +147,7 @@ func fromNetlink(nr netlink.Route) (kroute, bool) {
 	}
 	r.link = nr.LinkIndex
 	r.onlink = nr.Flags&int(netlink.FLAG_ONLINK) != 0
+	r.nhid = in.NHID
 	return r, true
 }
 
@@ -153,6 +185,15 @@ type record struct {
 	neighs    map[netip.Addr]string // on vxlan.tabby: tunnel address → MAC (its bytes)
 	fdb       map[string]netip.Addr // on vxlan.tabby: MAC (its bytes) → underlay address
 	links     map[string]int        // name → ifindex of the devices routes use
+	// nexthops are tabby's nexthop objects by id, nhByKey the one routes get for a next
+	// hop, nhIdle those no route uses (to delete), nhForeign the ids of every other
+	// nexthop object in the namespace (never to be allocated).
+	nexthops  map[uint32]*nhEntry
+	nhByKey   map[nhKey]uint32
+	nhIdle    map[uint32]struct{}
+	nhForeign map[uint32]struct{}
+	// nhNext is where the search for a free nexthop id starts.
+	nhNext uint32
 	// linksGen changes whenever a cached link index is dropped: routes compiled with the
 	// old index must be compiled again.
 	linksGen uint64
@@ -167,6 +208,11 @@ func newRecord() *record {
 		neighs:    map[netip.Addr]string{},
 		fdb:       map[string]netip.Addr{},
 		links:     map[string]int{},
+		nexthops:  map[uint32]*nhEntry{},
+		nhByKey:   map[nhKey]uint32{},
+		nhIdle:    map[uint32]struct{}{},
+		nhForeign: map[uint32]struct{}{},
+		nhNext:    1,
 	}
 }
 
@@ -195,6 +241,88 @@ func (r *record) count(in installed, d int) {
 	} else {
 		r.kinds[kindIndex(in.kind)] += d
 	}
+	if in.kr.nhid != 0 {
+		r.nhRef(in.kr.nhid, d)
+	}
+}
+
+// nhRef counts a route's use of a nexthop object; ids that are not tabby's are ignored.
+func (r *record) nhRef(id uint32, d int) {
+	e, ok := r.nexthops[id]
+	if !ok {
+		return
+	}
+	e.refs += d
+	if e.refs == 0 {
+		r.nhIdle[id] = struct{}{}
+	} else {
+		delete(r.nhIdle, id)
+	}
+}
+
+// putNexthop records a nexthop object of tabby's (created, or found in a dump).
+func (r *record) putNexthop(id uint32, key nhKey, adopted bool) {
+	r.nexthops[id] = &nhEntry{key: key, adopted: adopted}
+	r.nhIdle[id] = struct{}{}
+	r.putNexthopKey(id, key)
+	delete(r.nhForeign, id)
+	if id == r.nhNext {
+		r.nhNext++
+	}
+}
+
+// delNexthop forgets a nexthop object of tabby's. The routes that used it are gone with it
+// in the kernel: the caller forgets them first.
+func (r *record) delNexthop(id uint32) {
+	e, ok := r.nexthops[id]
+	if !ok {
+		return
+	}
+	delete(r.nexthops, id)
+	delete(r.nhIdle, id)
+	if r.nhByKey[e.key] == id {
+		delete(r.nhByKey, e.key)
+		// Another object with the same next hop (two found in a dump) takes over.
+		for other, o := range r.nexthops {
+			if o.key == e.key {
+				r.putNexthopKey(other, e.key)
+			}
+		}
+	}
+	r.nhNext = min(r.nhNext, id)
+}
+
+// putNexthopKey makes id the object routes through key get, unless a lower id has it.
+func (r *record) putNexthopKey(id uint32, key nhKey) {
+	if have, ok := r.nhByKey[key]; !ok || id < have {
+		r.nhByKey[key] = id
+	}
+}
+
+// freeNexthopID returns the lowest id no nexthop object of the namespace has, as far as
+// the record knows, from nhNext on (every id below nhNext is taken).
+func (r *record) freeNexthopID() uint32 {
+	for id := max(r.nhNext, 1); ; id++ {
+		_, ours := r.nexthops[id]
+		_, theirs := r.nhForeign[id]
+		if !ours && !theirs {
+			r.nhNext = id
+			return id
+		}
+	}
+}
+
+// setNexthops replaces the record of nexthop objects by a dump's; setRoutes must follow
+// to count their uses.
+func (r *record) setNexthops(ours map[uint32]nhKey, foreign map[uint32]struct{}) {
+	clear(r.nexthops)
+	clear(r.nhByKey)
+	clear(r.nhIdle)
+	r.nhForeign = foreign
+	for id, key := range ours {
+		r.putNexthop(id, key, true)
+	}
+	r.nhNext = 1
 }
 
 func (r *record) putRoute(key routeKey, in installed) {
@@ -223,6 +351,10 @@ func (r *record) setRoutes(routes map[routeKey]installed) {
 	r.routes = routes
 	r.kinds = [len(routeKinds)]int{}
 	r.adopted = 0
+	for id, e := range r.nexthops {
+		e.refs = 0
+		r.nhIdle[id] = struct{}{}
+	}
 	for _, in := range routes {
 		r.count(in, 1)
 	}

@@ -181,7 +181,7 @@ func (n *testNS) ourRoutes(t testing.TB) map[netip.Prefix]netlink.Route {
 	}
 	out := make(map[netip.Prefix]netlink.Route, len(list))
 	for _, r := range list {
-		kr, _ := fromNetlink(r)
+		kr, _ := fromNetlink(nlRoute{Route: r})
 		out[kr.dst] = r
 	}
 	return out
@@ -199,9 +199,55 @@ func (n *testNS) checkRoutes(t testing.TB, want State) {
 		if !ok {
 			t.Fatalf("missing %s", w)
 		}
-		kr, _ := fromNetlink(r)
+		kr, _ := fromNetlink(nlRoute{Route: r})
 		if kr.blackhole != w.Blackhole || kr.gw != w.Gateway || kr.onlink != w.OnLink || kr.mtu != w.MTU {
 			t.Fatalf("kernel has %+v for %s", r, w)
+		}
+	}
+	n.checkNexthops(t)
+}
+
+// checkNexthops reads the namespace with tabby's own codec: every route of tabby's with a
+// gateway uses a nexthop object of tabby's that holds that gateway, on the route's device,
+// and no object of tabby's is unused.
+func (n *testNS) checkNexthops(t testing.TB) {
+	t.Helper()
+	codec, err := newRTNL(n.h, &n.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer codec.Close()
+	objects := map[uint32]nexthop{}
+	if err := codec.NexthopDump(func(nh nexthop) bool {
+		if nh.Protocol == DefaultProtocol {
+			objects[nh.ID] = nh
+		}
+		return true
+	}); err != nil {
+		t.Fatalf("nexthop dump: %v", err)
+	}
+	used := map[uint32]bool{}
+	if err := codec.RouteDump(func(r nlRoute) bool {
+		if int(r.Protocol) != DefaultProtocol || r.Type == unix.RTN_BLACKHOLE {
+			return true
+		}
+		nh, ok := objects[r.NHID]
+		switch {
+		case r.NHID == 0:
+			t.Errorf("route %s names its gateway %s itself, not through a nexthop object", r.Dst, r.Gw)
+		case !ok:
+			t.Errorf("route %s uses nexthop %d, which is not tabby's", r.Dst, r.NHID)
+		case !net.IP(nh.Gw.AsSlice()).Equal(r.Gw) || nh.LinkIndex != r.LinkIndex:
+			t.Errorf("route %s: via %s dev %d, its nexthop object %+v", r.Dst, r.Gw, r.LinkIndex, nh)
+		}
+		used[r.NHID] = true
+		return true
+	}); err != nil {
+		t.Fatalf("route dump: %v", err)
+	}
+	for id, nh := range objects {
+		if !used[id] {
+			t.Errorf("nexthop object %+v of tabby's is used by no route", nh)
 		}
 	}
 }
@@ -346,7 +392,7 @@ func TestRootDirect1000(t *testing.T) {
 	}
 	found := 0
 	for _, r := range all {
-		kr, _ := fromNetlink(r)
+		kr, _ := fromNetlink(nlRoute{Route: r})
 		switch {
 		case kr.dst.String() == "10.128.0.5/32" && r.Protocol == unix.RTPROT_BOOT && r.LinkIndex == eth0.Attrs().Index:
 			found++
@@ -412,7 +458,7 @@ func TestRootRestartAdopts(t *testing.T) {
 			if int(u.Protocol) != DefaultProtocol {
 				continue
 			}
-			kr, _ := fromNetlink(u.Route)
+			kr, _ := fromNetlink(nlRoute{Route: u.Route})
 			switch u.Type {
 			case unix.RTM_NEWROUTE:
 				set[kr.dst] = true
