@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -102,7 +103,9 @@ func protoName(p int) string {
 // TabbyRoutes returns the routes of tabby's protocol in a host's main table as `ip route`
 // text, one line each, sorted: the form the end-to-end tests compare. The protocol is
 // always printed as its number: whether iproute2 names it "tabby" depends on a file
-// tabbyd may have written to /etc/iproute2/rt_protos.d.
+// tabbyd may have written to /etc/iproute2/rt_protos.d. The nexthop object a route uses
+// (`nhid N`) is left out: its number is an allocation detail, and iproute2 prints the
+// object's gateway and device beside it.
 func (t *Topology) TabbyRoutes(host string) ([]string, error) {
 	out, err := Command(t.HostNS(host), "ip", "-4", "route", "show", "table", "main").Output()
 	if err != nil {
@@ -112,6 +115,9 @@ func (t *Topology) TabbyRoutes(host string) ([]string, error) {
 	var lines []string
 	for _, l := range strings.Split(string(out), "\n") {
 		f := strings.Fields(l)
+		if i := slices.Index(f, "nhid"); i >= 0 && i+1 < len(f) {
+			f = slices.Delete(f, i, i+2)
+		}
 		ours := false
 		for i := 0; i+1 < len(f); i++ {
 			if f[i] == "proto" && (f[i+1] == want || f[i+1] == "tabby") {
