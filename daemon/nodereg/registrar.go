@@ -11,6 +11,7 @@ import (
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/datastore/ipam"
+	"github.com/tabby-net/tabby/internal/cow"
 )
 
 // Store reads and writes Node resources with compare-and-swap (datastore.Client).
@@ -101,8 +102,13 @@ func (r *Registrar) Changed() <-chan struct{} { return r.changed }
 
 // Run reconciles each snapshot handed to Set until ctx ends. A failed attempt is retried
 // with backoff (up to 10 s) on the newest snapshot.
+//
+// A snapshot in which nothing the registrar looks at changed since one that needed no
+// write (this host's Node, the pools, its tunnel handles) needs none either, and is not
+// reconciled: a reconciliation reads the Node from etcd, and every host of a cluster
+// would otherwise do so on every change anywhere in it.
 func (r *Registrar) Run(ctx context.Context) error {
-	var snap *datastore.Snapshot
+	var snap, syncedAt *datastore.Snapshot
 	var retry <-chan time.Time
 	backoff := 200 * time.Millisecond
 	for {
@@ -110,6 +116,11 @@ func (r *Registrar) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case snap = <-r.in:
+			if syncedAt != nil && r.sameInputs(syncedAt, snap) {
+				st := r.Status()
+				r.setStatus(Status{Synced: true, Revision: snap.Revision, Node: st.Node})
+				continue
+			}
 		case <-retry:
 		}
 		retry = nil
@@ -118,6 +129,10 @@ func (r *Registrar) Run(ctx context.Context) error {
 			return nil
 		}
 		r.setStatus(Status{Synced: synced, Revision: snap.Revision, Node: node, Err: err})
+		syncedAt = nil
+		if synced && err == nil {
+			syncedAt = snap
+		}
 		if err != nil {
 			r.log.Warn("node registration failed; retrying", "node", r.id.Name, "in", backoff, "err", err)
 			retry = time.After(backoff)
@@ -126,6 +141,25 @@ func (r *Registrar) Run(ctx context.Context) error {
 		}
 		backoff = 200 * time.Millisecond
 	}
+}
+
+// sameInputs reports whether a reconciliation of b would look at what one of a did: the
+// same Node of this host (present in both), pools and tunnel handles. Snapshots share
+// unchanged objects, and every write of the Node shows in a later snapshot as a new one.
+func (r *Registrar) sameInputs(a, b *datastore.Snapshot) bool {
+	na, okA := a.Nodes[r.id.Name]
+	nb, okB := b.Nodes[r.id.Name]
+	if !okA || !okB || na != nb || !cow.Same(a.Pools, b.Pools) {
+		return false
+	}
+	for _, t := range Tunnels() {
+		ha, okA := a.Handles[t.Handle(r.id.Name)]
+		hb, okB := b.Handles[t.Handle(r.id.Name)]
+		if okA != okB || ha != hb {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Registrar) setStatus(s Status) {
