@@ -467,7 +467,10 @@ func (e *env) nsHandle(ns string) *netlink.Handle {
 }
 
 // flushOurRoutes deletes every route with tabby's protocol in a namespace, so that the
-// next tabbyd starts cold instead of adopting a previous run's routes.
+// next tabbyd starts cold instead of adopting a previous run's (flushOurNexthops does the
+// same for nexthop objects).
+// Routes are deleted by destination and protocol only: a delete that also names a gateway
+// does not match a route that reaches it through a nexthop object.
 func flushOurRoutes(tb testing.TB, h *netlink.Handle) {
 	tb.Helper()
 	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
@@ -475,10 +478,24 @@ func flushOurRoutes(tb testing.TB, h *netlink.Handle) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for i := range routes {
-		if err := h.RouteDel(&routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
-			tb.Fatalf("flush route %s: %v", routes[i].Dst, err)
+	for _, r := range routes {
+		del := &netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: r.Protocol, Priority: r.Priority, Tos: r.Tos, Scope: netlink.SCOPE_NOWHERE}
+		if err := h.RouteDel(del); err != nil && !errors.Is(err, unix.ESRCH) {
+			tb.Fatalf("flush route %s: %v", r.Dst, err)
 		}
+	}
+	if n := countOurRoutes(tb, h); n != 0 {
+		tb.Fatalf("flush: %d routes of tabby's left", n)
+	}
+}
+
+// flushOurNexthops deletes the nexthop objects with tabby's protocol in a namespace (and
+// with them any route that still uses one).
+func flushOurNexthops(tb testing.TB, ns string) {
+	tb.Helper()
+	if out, err := exec.Command("ip", "-n", ns, "nexthop", "flush", "proto", strconv.Itoa(routeProto)).CombinedOutput(); err != nil &&
+		!strings.Contains(string(out), "Nothing to flush") {
+		tb.Fatalf("ip -n %s nexthop flush: %v: %s", ns, err, out)
 	}
 }
 

@@ -41,6 +41,7 @@ func BenchmarkMemory5000(b *testing.B) {
 	for b.Loop() {
 		i++
 		flushOurRoutes(b, e.nsHandle(e.hostNS("big")))
+		flushOurNexthops(b, e.hostNS("big"))
 		w := watchRoutes(b, e.hostNS("big"))
 		big := e.startTabbyd("big", fmt.Sprintf("tabbyd-big-%d", i), tabbydOptions{})
 		small := e.startTabbyd("empty", fmt.Sprintf("tabbyd-empty-%d", i), tabbydOptions{etcdPrefix: "/empty"})

@@ -180,6 +180,7 @@ func resetMesh(ctx context.Context, tb testing.TB, e *env, c *datastore.Client, 
 			tb.Fatal(err)
 		}
 		flushOurRoutes(tb, e.nsHandle(e.hostNS(h)))
+		flushOurNexthops(tb, e.hostNS(h))
 	}
 	w.flush()
 }

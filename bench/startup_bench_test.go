@@ -63,9 +63,7 @@ func BenchmarkStartup5000(b *testing.B) {
 		}
 		nhIPBatch = append(nhIPBatch, ms(time.Since(t0)))
 		flushOurRoutes(b, ref)
-		if out, err := exec.Command("ip", "-n", e.hostNS("ref"), "nexthop", "flush").CombinedOutput(); err != nil {
-			b.Fatalf("ip nexthop flush: %v: %s", err, out)
-		}
+		flushOurNexthops(b, e.hostNS("ref"))
 		t0 = time.Now()
 		for _, r := range routes {
 			if err := ref.RouteReplace(r); err != nil {
@@ -76,6 +74,7 @@ func BenchmarkStartup5000(b *testing.B) {
 		flushOurRoutes(b, ref)
 
 		flushOurRoutes(b, joiner)
+		flushOurNexthops(b, e.hostNS("joiner"))
 		if _, err := c.Etcd().Delete(ctx, c.Keys.Resource(datastore.KindNode, "joiner")); err != nil {
 			b.Fatal(err)
 		}
