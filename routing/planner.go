@@ -15,36 +15,46 @@ import (
 // previous call rather than of the whole cluster: at 5,000 nodes Desired takes several
 // milliseconds for every change, most of the daemon's CPU per node join or leave.
 //
-// It keeps each block's share of the State (its routes, VXLAN entries, problems and the
-// nodes it read), and redoes a block only when the block, an affinity to it or one of
-// those nodes changed. The syncer's change list says which (Snapshot.ChangesSince); for
-// other snapshots the maps are compared, which relies on their copy-on-write discipline:
-// a map that did not change is the previous snapshot's map itself, and a changed object
-// is a new pointer. When the host's facts, the local node or the pools change, every block is
-// redone. Desired's result depends on the order of blocks only where two of them want
-// different things for one key (one destination, VTEP MAC or tunnel address); while that
-// is so, the Planner returns Desired's result itself.
+// It counts what every block emits (routes, VXLAN entries, problems) and which nodes each
+// block read, and redoes a block only when the block, an affinity to it or one of those
+// nodes changed: it takes the block's old emissions back, computed again from the previous
+// snapshot, and adds the new ones. The syncer's change list says which blocks
+// (Snapshot.ChangesSince); for other snapshots the maps are compared, which relies on
+// their copy-on-write discipline: a map that did not change is the previous snapshot's
+// map itself, and a changed object is a new pointer. When the host's facts, the local node
+// or the pools change, every block is redone.
+//
+// Desired's result depends on the order of blocks only where two of them emit for one
+// key (one destination, or one VTEP MAC or tunnel address with different values); while
+// that is so, the Planner returns Desired's result itself. Otherwise it patches the sorted
+// lists of its previous State where keys changed; it takes them from Desired whenever it
+// has none to patch.
 //
 // A Planner is not safe for concurrent use. The States it returns share their slices with
 // each other: treat them as read-only, as Kernel.Set does.
 type Planner struct {
 	// rules of the last call; nil when nothing is kept.
 	rules *rules
-	// snap is the snapshot the plans were made from.
+	// snap is the snapshot the counts were made from.
 	snap *datastore.Snapshot
 	// changes says what changed from one snapshot (old) to another; nil means
 	// Snapshot.ChangesSince. Tests give change lists to snapshots made by hand with it.
 	changes func(snap, old *datastore.Snapshot) (*datastore.Changes, bool)
 
-	plans map[netip.Prefix]*blockPlan // blocks that emitted something
-	users map[string][]netip.Prefix   // node name → the blocks whose plan read that node
+	users map[string][]netip.Prefix // node name → the blocks that read that node
 
-	// Every plan's emissions, counted by key and value.
-	routes    tally[netip.Prefix, Route]
+	// Every block's emissions, counted.
+	routes    map[netip.Prefix]int32    // destination → routes emitted for it
+	collided  int                       // destinations with more than one route
 	neighbors tally[netip.Addr, string] // tunnel address → VTEP MAC
 	fdb       tally[string, netip.Addr] // VTEP MAC → node address
 	problems  map[string]int            // problem line → blocks that report it
 	skipped   map[string]int            // reason → routes left out
+
+	// The destinations whose routes changed since the last State, and the route last
+	// emitted for each (absent when only taken back).
+	changedDst []netip.Prefix
+	emitted    map[netip.Prefix]Route
 
 	// The sorted lists of block routes, neighbours and FDB entries the last State had; only
 	// valid while sorted is set.
@@ -64,35 +74,36 @@ func (p *Planner) Desired(snap *datastore.Snapshot, local Local, learned []Learn
 	if p.rules == nil || !p.rules.equal(r) {
 		p.reset()
 		for cidr, blk := range snap.Blocks {
-			p.plan(r, snap, cidr, blk)
+			r.block(&counter{p: p, cidr: cidr, sign: 1}, snap, cidr, blk)
 		}
 	} else {
-		p.update(r, snap)
+		p.update(snap)
 	}
 	p.rules, p.snap = r, snap
-	if p.routes.conflicts+p.neighbors.conflicts+p.fdb.conflicts > 0 {
-		// The result depends on the order of the blocks: let Desired decide, and rebuild
-		// the sorted lists once the conflict is gone.
+	if p.collided+p.neighbors.conflicts+p.fdb.conflicts > 0 {
+		// The result depends on the order of the blocks: let Desired decide, and take
+		// the sorted lists from it again once the conflict is gone.
 		p.sorted = false
 		return Desired(snap, local, learned)
 	}
-	return p.assemble(r, learned)
+	return p.assemble(r, snap, learned)
 }
 
 // reset forgets everything.
 func (p *Planner) reset() {
 	*p = Planner{
 		changes:  p.changes,
-		plans:    map[netip.Prefix]*blockPlan{},
 		users:    map[string][]netip.Prefix{},
+		routes:   map[netip.Prefix]int32{},
 		problems: map[string]int{},
 		skipped:  map[string]int{},
+		emitted:  map[netip.Prefix]Route{},
 	}
 }
 
 // update redoes the blocks that changed, whose affinities changed, or that read a node
-// that changed since the plans were made.
-func (p *Planner) update(r *rules, snap *datastore.Snapshot) {
+// that changed since p.snap. The rules are those of p.snap.
+func (p *Planner) update(snap *datastore.Snapshot) {
 	changesSince := (*datastore.Snapshot).ChangesSince
 	if p.changes != nil {
 		changesSince = p.changes
@@ -110,103 +121,121 @@ func (p *Planner) update(r *rules, snap *datastore.Snapshot) {
 			dirty[cidr] = struct{}{}
 		}
 	})
+	// Every block's old emissions are taken back before any new one is added: the count
+	// of a key then never passes through a value that is neither the old nor the new.
 	for cidr := range dirty {
-		p.withdraw(cidr)
+		if blk, ok := p.snap.Blocks[cidr]; ok {
+			p.rules.block(&counter{p: p, cidr: cidr, sign: -1}, p.snap, cidr, blk)
+		}
+	}
+	for cidr := range dirty {
 		if blk, ok := snap.Blocks[cidr]; ok {
-			p.plan(r, snap, cidr, blk)
+			p.rules.block(&counter{p: p, cidr: cidr, sign: 1}, snap, cidr, blk)
 		}
 	}
 }
 
-// plan computes a block's share and adds it to the tallies.
-func (p *Planner) plan(r *rules, snap *datastore.Snapshot, cidr netip.Prefix, blk *datastore.AllocationBlock) {
-	pl := &blockPlan{}
-	r.block(pl, snap, cidr, blk)
-	if len(pl.routes)+len(pl.problems)+len(pl.skipped) == 0 {
-		return // nothing to add, nothing read: nothing to withdraw later
+// counter is the emitter that adds a block's emissions to the Planner's counts (sign 1)
+// or takes them back (sign -1). What a block emits depends only on the block, its
+// affinity, the nodes it reads and the rules, so taking back means emitting again from
+// the snapshot the emissions were added from.
+type counter struct {
+	p    *Planner
+	cidr netip.Prefix
+	sign int
+}
+
+func (c *counter) route(r Route) {
+	p := c.p
+	n := p.routes[r.Dst]
+	switch {
+	case c.sign > 0 && n == 1:
+		p.collided++
+	case c.sign < 0 && n == 2:
+		p.collided--
 	}
-	p.plans[cidr] = pl
-	for _, rt := range pl.routes {
-		p.routes.add(rt.Dst, rt.Route)
-		if rt.mac != "" {
-			p.neighbors.add(rt.Gateway, rt.mac)
-			p.fdb.add(rt.mac, rt.nodeIP)
+	if n += int32(c.sign); n > 0 {
+		p.routes[r.Dst] = n
+	} else {
+		delete(p.routes, r.Dst)
+	}
+	if p.sorted { // else the lists are taken from Desired: no need to know what changed
+		if c.sign > 0 {
+			p.emitted[r.Dst] = r
 		}
-	}
-	for _, msg := range pl.problems {
-		p.problems[msg]++
-	}
-	for _, reason := range pl.skipped {
-		p.skipped[reason]++
-	}
-	for _, name := range pl.nodes {
-		p.users[name] = append(p.users[name], cidr)
+		p.changedDst = append(p.changedDst, r.Dst)
 	}
 }
 
-// withdraw takes a block's share out of the tallies.
-func (p *Planner) withdraw(cidr netip.Prefix) {
-	pl, ok := p.plans[cidr]
-	if !ok {
+func (c *counter) vxlanRoute(r Route, mac net.HardwareAddr, nodeIP netip.Addr, _ string) {
+	c.route(r)
+	if c.sign > 0 {
+		c.p.neighbors.add(r.Gateway, string(mac))
+		c.p.fdb.add(string(mac), nodeIP)
+	} else {
+		c.p.neighbors.remove(r.Gateway, string(mac))
+		c.p.fdb.remove(string(mac), nodeIP)
+	}
+}
+
+func (c *counter) skip(reason string) { count(c.p.skipped, reason, c.sign) }
+func (c *counter) problem(msg string) { count(c.p.problems, msg, c.sign) }
+
+func (c *counter) usesNode(node string) {
+	users := c.p.users[node]
+	if c.sign > 0 {
+		if !slices.Contains(users, c.cidr) {
+			c.p.users[node] = append(users, c.cidr)
+		}
 		return
 	}
-	delete(p.plans, cidr)
-	for _, rt := range pl.routes {
-		p.routes.remove(rt.Dst, rt.Route)
-		if rt.mac != "" {
-			p.neighbors.remove(rt.Gateway, rt.mac)
-			p.fdb.remove(rt.mac, rt.nodeIP)
-		}
-	}
-	for _, msg := range pl.problems {
-		decrement(p.problems, msg)
-	}
-	for _, reason := range pl.skipped {
-		decrement(p.skipped, reason)
-	}
-	for _, name := range pl.nodes {
-		users := slices.DeleteFunc(p.users[name], func(c netip.Prefix) bool { return c == cidr })
-		if len(users) == 0 {
-			delete(p.users, name)
-		} else {
-			p.users[name] = users
-		}
-	}
-}
-
-func decrement(m map[string]int, k string) {
-	if m[k] <= 1 {
-		delete(m, k)
+	if users = slices.DeleteFunc(users, func(cidr netip.Prefix) bool { return cidr == c.cidr }); len(users) == 0 {
+		delete(c.p.users, node)
 	} else {
-		m[k]--
+		c.p.users[node] = users
 	}
 }
 
-// assemble builds the State from the tallies, which have one value per key: the sorted
+func count(m map[string]int, k string, delta int) {
+	if n := m[k] + delta; n > 0 {
+		m[k] = n
+	} else {
+		delete(m, k)
+	}
+}
+
+// assemble builds the State from the counts, which have one value per key: the sorted
 // lists of the previous State are patched where keys changed, not sorted again.
-func (p *Planner) assemble(r *rules, learned []LearnedRoute) State {
-	routeOf := func(k netip.Prefix) (Route, bool) {
-		c, ok := p.routes.m[k]
-		return c.v, ok
-	}
-	neighborOf := func(k netip.Addr) (Neighbor, bool) {
-		c, ok := p.neighbors.m[k]
-		return Neighbor{IP: k, MAC: net.HardwareAddr(c.v)}, ok
-	}
-	fdbOf := func(k string) (FDBEntry, bool) {
-		c, ok := p.fdb.m[k]
-		return FDBEntry{MAC: net.HardwareAddr(k), Dst: c.v}, ok
-	}
+func (p *Planner) assemble(r *rules, snap *datastore.Snapshot, learned []LearnedRoute) State {
 	if !p.sorted {
-		p.outRoutes = rebuild(&p.routes, comparePrefix, routeOf)
-		p.outNeighbors = rebuild(&p.neighbors, netip.Addr.Compare, neighborOf)
-		p.outFDB = rebuild(&p.fdb, strings.Compare, fdbOf)
+		// Nothing to patch: take Desired's lists (without learned routes, which are
+		// added below), equal to the counts' since no key has two values.
+		ref := Desired(snap, r.local, nil)
+		p.outRoutes, p.outNeighbors, p.outFDB = ref.Routes, ref.Neighbors, ref.FDB
+		p.neighbors.changed, p.fdb.changed = nil, nil // may have grown to every key
 		p.sorted = true
 	} else {
-		p.outRoutes = cow.Patch(p.outRoutes, p.routes.takeChanged(comparePrefix), func(r Route) netip.Prefix { return r.Dst }, comparePrefix, routeOf)
-		p.outNeighbors = cow.Patch(p.outNeighbors, p.neighbors.takeChanged(netip.Addr.Compare), func(n Neighbor) netip.Addr { return n.IP }, netip.Addr.Compare, neighborOf)
-		p.outFDB = cow.Patch(p.outFDB, p.fdb.takeChanged(strings.Compare), func(f FDBEntry) string { return string(f.MAC) }, strings.Compare, fdbOf)
+		dsts := slices.SortedFunc(slices.Values(p.changedDst), comparePrefix)
+		p.outRoutes = cow.Patch(p.outRoutes, slices.Compact(dsts), func(r Route) netip.Prefix { return r.Dst }, comparePrefix,
+			func(k netip.Prefix) (Route, bool) {
+				// A destination still counted has one route, emitted in this update:
+				// had another block kept an older one, the count would be two.
+				r, ok := p.emitted[k]
+				return r, ok && p.routes[k] > 0
+			})
+		p.outNeighbors = cow.Patch(p.outNeighbors, p.neighbors.takeChanged(netip.Addr.Compare), func(n Neighbor) netip.Addr { return n.IP }, netip.Addr.Compare,
+			func(k netip.Addr) (Neighbor, bool) {
+				c, ok := p.neighbors.m[k]
+				return Neighbor{IP: k, MAC: net.HardwareAddr(c.v)}, ok
+			})
+		p.outFDB = cow.Patch(p.outFDB, p.fdb.takeChanged(strings.Compare), func(f FDBEntry) string { return string(f.MAC) }, strings.Compare,
+			func(k string) (FDBEntry, bool) {
+				c, ok := p.fdb.m[k]
+				return FDBEntry{MAC: net.HardwareAddr(k), Dst: c.v}, ok
+			})
 	}
+	p.changedDst = p.changedDst[:0]
+	clear(p.emitted)
 
 	s := r.globalState()
 	slices.SortFunc(s.Pools, comparePrefix)
@@ -216,7 +245,7 @@ func (p *Planner) assemble(r *rules, learned []LearnedRoute) State {
 		// Learned routes are few and cheap: they are computed again on every call.
 		a := newAssembler(len(learned))
 		r.learned(a, learned, func(dst netip.Prefix) bool {
-			_, ok := p.routes.m[dst]
+			_, ok := p.routes[dst]
 			return ok || a.has(dst)
 		})
 		if len(a.routes) > 0 {
@@ -242,18 +271,6 @@ func (p *Planner) assemble(r *rules, learned []LearnedRoute) State {
 	return s
 }
 
-// rebuild lists the value of every key of t, sorted by key, and forgets t's changes.
-func rebuild[K comparable, V comparable, T any](t *tally[K, V], compare func(a, b K) int, get func(K) (T, bool)) []T {
-	t.changed = t.changed[:0]
-	keys := slices.SortedFunc(maps.Keys(t.m), compare)
-	out := make([]T, 0, len(keys))
-	for _, k := range keys {
-		v, _ := get(k)
-		out = append(out, v)
-	}
-	return out
-}
-
 // mergeSorted merges two sorted lists without common keys into a new one.
 func mergeSorted[T any](a, b []T, compare func(x, y T) int) []T {
 	out := make([]T, 0, len(a)+len(b))
@@ -267,38 +284,6 @@ func mergeSorted[T any](a, b []T, compare func(x, y T) int) []T {
 	}
 	out = append(out, a...)
 	return append(out, b...)
-}
-
-// blockPlan is one block's share of the State, as the rules emitted it, and the nodes it
-// read. It is the emitter of the block's computation.
-type blockPlan struct {
-	routes   []plannedRoute
-	problems []string
-	skipped  []string
-	nodes    []string
-}
-
-// plannedRoute is a route a block wants; a VXLAN route carries the neighbour and FDB entry
-// it needs.
-type plannedRoute struct {
-	Route
-	mac    string     // VXLAN routes: the remote VTEP MAC (bytes); "" for others
-	nodeIP netip.Addr // VXLAN routes: the underlay address the MAC lives at
-}
-
-func (b *blockPlan) route(r Route) { b.routes = append(b.routes, plannedRoute{Route: r}) }
-
-func (b *blockPlan) vxlanRoute(r Route, mac net.HardwareAddr, nodeIP netip.Addr, _ string) {
-	b.routes = append(b.routes, plannedRoute{Route: r, mac: string(mac), nodeIP: nodeIP})
-}
-
-func (b *blockPlan) skip(reason string) { b.skipped = append(b.skipped, reason) }
-func (b *blockPlan) problem(msg string) { b.problems = append(b.problems, msg) }
-
-func (b *blockPlan) usesNode(node string) {
-	if !slices.Contains(b.nodes, node) {
-		b.nodes = append(b.nodes, node)
-	}
 }
 
 // tally counts, for every key, how many emissions want each value for it. A key wanted

@@ -165,6 +165,43 @@ func changeLog(rng *rand.Rand) func(snap, old *datastore.Snapshot) (*datastore.C
 	}
 }
 
+// checkCounts verifies the Planner's bookkeeping: the numbers of keys in conflict, which
+// decide whether it falls back to Desired, agree with the counts themselves.
+func (p *Planner) checkCounts() error {
+	collided := 0
+	for _, n := range p.routes {
+		if n >= 2 {
+			collided++
+		}
+	}
+	if collided != p.collided {
+		return fmt.Errorf("%d destinations with two routes, %d counted", collided, p.collided)
+	}
+	if err := p.neighbors.check(); err != nil {
+		return fmt.Errorf("neighbours: %w", err)
+	}
+	if err := p.fdb.check(); err != nil {
+		return fmt.Errorf("FDB: %w", err)
+	}
+	return nil
+}
+
+func (t *tally[K, V]) check() error {
+	conflicts := 0
+	for _, w := range t.m {
+		if w.n <= 0 {
+			return fmt.Errorf("a value counted %d times", w.n)
+		}
+		if len(w.others) > 0 {
+			conflicts++
+		}
+	}
+	if conflicts != t.conflicts {
+		return fmt.Errorf("%d keys with two values, %d counted", conflicts, t.conflicts)
+	}
+	return nil
+}
+
 // TestPlannerMatchesDesired runs random sequences of snapshot changes through two
 // Planners, one that compares the maps and one given change lists, and checks every
 // step's results against Desired's.
@@ -193,6 +230,9 @@ func TestPlannerMatchesDesired(t *testing.T) {
 				if got := p.Desired(c.snap, local, learned).String(); got != want {
 					t.Fatalf("seed %d, step %d: Planner (%s) and Desired differ after:\n%s\n\nPlanner:\n%s\nDesired:\n%s",
 						seed, step, name, strings.Join(tail(c.log, 12), "\n"), got, want)
+				}
+				if err := p.checkCounts(); err != nil {
+					t.Fatalf("seed %d, step %d: Planner (%s): %v", seed, step, name, err)
 				}
 			}
 		}
