@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/daemon"
+	"github.com/tabby-net/tabby/datastore"
 )
 
 // tabbydChild runs tabbyd's daemon.Run, the whole of `tabbyd run` but its flag parsing,
@@ -195,4 +197,73 @@ func BenchmarkProfileWrites5000(b *testing.B) {
 		figure(b, "profile", "paced writes: p50 %.1f ms, p99 %.1f ms; CPU profiles in %s", r.route.quantile(0.5), r.route.quantile(0.99), dir)
 	}
 	time.Sleep(200 * time.Millisecond)
+}
+
+// joinLeaveCycles is the number of joins (and as many leaves) BenchmarkProfileJoinLeave5000
+// profiles.
+const joinLeaveCycles = 100
+
+// BenchmarkProfileJoinLeave5000 profiles a converged tabbyd of 5,000 nodes while nodes join
+// and leave one at a time (BenchmarkJoinLeave5000's writes, 50 ms apart): a CPU profile of
+// the joins and leaves only, and heap profiles just before and after them, whose
+// difference in alloc_space is what the changes allocated. Its profiles go to the
+// subdirectory joinleave of TABBY_BENCH_PROFILE_DIR; it runs only when that is set.
+func BenchmarkProfileJoinLeave5000(b *testing.B) {
+	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
+	if dir == "" {
+		b.Skip("TABBY_BENCH_PROFILE_DIR is not set")
+	}
+	dir = filepath.Join(dir, "joinleave")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	e := newEnv(b, "joiner")
+	c := e.startEtcd(ctx)
+	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
+	w := watchRoutes(b, e.hostNS("joiner"))
+	p := e.startProfiled("joiner", "tabbyd-profile-joinleave", dir, 0, tabbydOptions{})
+	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
+		b.Fatalf("%v\n%s", err, p.tail(30))
+	}
+	time.Sleep(2 * time.Second) // let start-up's after-effects (GC, first metrics) pass
+	k := c.Keys
+	for b.Loop() {
+		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(time.Second)
+		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		c0, err := procCPU(p.pid())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := range joinLeaveCycles {
+			node := startupNodes + i
+			dst := blockCIDR(node)
+			tw := &txnWriter{tb: b, ctx: ctx, cli: c.Etcd()}
+			writeNode(b, tw, k, node, node, 1)
+			tw.flush()
+			if _, err := w.waitAdded([]netip.Prefix{dst}, 10*time.Second); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			tw = &txnWriter{tb: b, ctx: ctx, cli: c.Etcd()}
+			tw.del(k.Resource(datastore.KindNode, nodeName(node)))
+			deleteBlock(tw, k, nodeName(node), node, 1)
+			tw.flush()
+			if _, err := w.waitRemoved([]netip.Prefix{dst}, 10*time.Second); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		c1, err := procCPU(p.pid())
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		time.Sleep(200 * time.Millisecond)
+		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(time.Second)
+		figure(b, "profile", "%d joins and %d leaves: %.2f ms CPU per change, ticks and GC included; profiles in %s",
+			joinLeaveCycles, joinLeaveCycles, ms(c1-c0)/(2*joinLeaveCycles), dir)
+	}
 }
