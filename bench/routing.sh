@@ -36,8 +36,9 @@ echo
 echo "== one node joining a cluster of 5,000 (goals: ≤ 3 netlink requests, ≤ 5 ms CPU)"
 run join '^BenchmarkJoin5000$' 200x
 echo
-echo "== Desired() for 5,000 nodes"
+echo "== Desired() for 5,000 nodes, and a Planner's cost per node join or leave (with the syncer's change lists, and comparing maps)"
 run desired '^BenchmarkDesired$' 1s
+run planner '^BenchmarkPlannerJoinLeave$' 1s
 echo
 
 # A summary of the figures that have goals.
@@ -61,4 +62,7 @@ awk '
 }
 /^BenchmarkDesired\// {
 	printf "Desired %s: %.2f ms\n", $1, $3 / 1e6
+}
+/^BenchmarkPlannerJoinLeave\// {
+	printf "Planner per join or leave %s: %.2f ms\n", $1, $3 / 1e6
 }' "$out"
