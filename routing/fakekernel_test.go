@@ -239,6 +239,14 @@ func (fk *fakeKernel) RouteWrite(r *nlRoute, replace bool, nh *nexthop) (nhErr, 
 	return nhErr, fk.writeRoute(r, replace)
 }
 
+func (fk *fakeKernel) RouteWrites(ws []routeWrite) []writeAnswer {
+	out := make([]writeAnswer, len(ws))
+	for i := range ws {
+		out[i].nhErr, out[i].err = fk.RouteWrite(&ws[i].route, ws[i].replace, ws[i].nh)
+	}
+	return out
+}
+
 func (fk *fakeKernel) writeRoute(r *nlRoute, replace bool) error {
 	op, flags := "RouteAdd", uint16(unix.NLM_F_CREATE|unix.NLM_F_EXCL)
 	if replace {

@@ -18,6 +18,8 @@ type netlinker interface {
 	// RouteWrite, RouteDump and the nexthop calls are tabby's own codec (rtnl.go): the
 	// library knows neither nexthop objects nor routes that use them.
 	RouteWrite(r *nlRoute, replace bool, nh *nexthop) (nhErr, err error)
+	// RouteWrites sends many RouteWrites in one request and answers each.
+	RouteWrites(ws []routeWrite) []writeAnswer
 	RouteDelete(r *nlRoute, nhid uint32) (nhErr, err error)
 	RouteDump(f func(nlRoute) bool) error
 	NexthopDel(id uint32) error
@@ -94,10 +96,10 @@ func (s handleSource) subscribeLinks(done <-chan struct{}) (<-chan netlink.LinkU
 type OpCounts struct {
 	RouteWrites uint64 // route adds, replaces and deletes
 	NexthopOps  uint64 // nexthop deletes and dumps
-	// NexthopsWithRoutes counts nexthop objects created in the request of the first route
-	// that uses them, or deleted in the request of the last: a message more, not a round
-	// trip more.
-	NexthopsWithRoutes uint64
+	// Riders counts messages sent in the request of another, not a round trip more: a
+	// nexthop object created with the first route through it or deleted with the last,
+	// and the routes of a bulk pass, sent in groups.
+	Riders uint64
 	RouteDumps         uint64
 	LinkOps            uint64 // LinkByName, LinkAdd, LinkDel, LinkSet*
 	AddrOps            uint64
@@ -114,13 +116,13 @@ func (c OpCounts) Total() uint64 {
 type counting struct {
 	nl                                                    netlinker
 	routeWrites, nexthopOps, routeDumps, linkOps, addrOps atomic.Uint64
-	nexthopsWithRoutes                                    atomic.Uint64
+	riders                                                atomic.Uint64
 	neighWrites, neighDumps                               atomic.Uint64
 }
 
 func (c *counting) counts() OpCounts {
 	return OpCounts{
-		RouteWrites: c.routeWrites.Load(), NexthopOps: c.nexthopOps.Load(), NexthopsWithRoutes: c.nexthopsWithRoutes.Load(), RouteDumps: c.routeDumps.Load(), LinkOps: c.linkOps.Load(),
+		RouteWrites: c.routeWrites.Load(), NexthopOps: c.nexthopOps.Load(), Riders: c.riders.Load(), RouteDumps: c.routeDumps.Load(), LinkOps: c.linkOps.Load(),
 		AddrOps: c.addrOps.Load(), NeighWrites: c.neighWrites.Load(), NeighDumps: c.neighDumps.Load(),
 	}
 }
@@ -128,14 +130,25 @@ func (c *counting) counts() OpCounts {
 func (c *counting) RouteWrite(r *nlRoute, replace bool, nh *nexthop) (error, error) {
 	c.routeWrites.Add(1)
 	if nh != nil {
-		c.nexthopsWithRoutes.Add(1)
+		c.riders.Add(1)
 	}
 	return c.nl.RouteWrite(r, replace, nh)
+}
+func (c *counting) RouteWrites(ws []routeWrite) []writeAnswer {
+	c.routeWrites.Add(1)
+	riders := uint64(len(ws) - 1)
+	for _, w := range ws {
+		if w.nh != nil {
+			riders++
+		}
+	}
+	c.riders.Add(riders)
+	return c.nl.RouteWrites(ws)
 }
 func (c *counting) RouteDelete(r *nlRoute, nhid uint32) (error, error) {
 	c.routeWrites.Add(1)
 	if nhid != 0 {
-		c.nexthopsWithRoutes.Add(1)
+		c.riders.Add(1)
 	}
 	return c.nl.RouteDelete(r, nhid)
 }

@@ -206,3 +206,27 @@ func TestRouteCodec(t *testing.T) {
 		t.Error("a short IPv6 message decoded")
 	}
 }
+
+// TestKernelNexthopCreateFails: a nexthop object the kernel refuses in a bulk pass takes
+// the route through it down with it; the route is tried again alone at once, and when that
+// fails too, the record keeps neither, the failure is reported and retried, and the state
+// converges with no object left unused.
+func TestKernelNexthopCreateFails(t *testing.T) {
+	fk := newFakeKernel().withIPIPFallback()
+	failures := 2
+	fk.fail = func(op string, arg any) error {
+		if op == "NexthopAdd" && fmt.Sprint(arg) == "1" && failures > 0 {
+			failures--
+			return unix.ENOBUFS
+		}
+		return nil
+	}
+	k := runKernel(t, fk, KernelOptions{})
+	k.Set(Desired(article(datastore.EncapNever, datastore.EncapNever).s, fakeLocal(t, fk), nil))
+	waitFor(t, "a failed pass", func() bool { return k.Status().Failures > 0 })
+	settle(t, k)
+	checkGolden(t, "direct", fk.String())
+	if st := k.Status(); st.Routes[KindDirect] != 3 || st.Failures != 0 {
+		t.Errorf("status %+v", st)
+	}
+}

@@ -501,6 +501,50 @@ func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 	if k.routeDirty.all && len(k.rec.routes) == 0 {
 		k.rec.routes = make(map[routeKey]installed, len(k.want.routes))
 	}
+	written := func(key routeKey, w wantRoute, have installed, had bool, err error) {
+		switch {
+		case err == nil:
+			k.installedWanted++
+			k.rec.replaceRoute(key, installed{kr: w.kr, kind: w.kind}, have, had)
+		case !had && errors.Is(err, unix.EEXIST):
+			exists = append(exists, key)
+		default:
+			rep.fail(fmt.Errorf("route %s: %w", w.kr.dst, err))
+			k.pend.routes[key] = struct{}{}
+		}
+	}
+	var group []queuedWrite
+	flush := func() {
+		if len(group) == 0 {
+			return
+		}
+		reqs := make([]routeWrite, len(group))
+		for i, q := range group {
+			reqs[i] = routeWrite{route: *k.req.fill(q.want.kr, k.proto), replace: q.had, nh: q.nh}
+			// fill reuses its buffers: each request of the group needs its own addresses.
+			reqs[i].route.Dst = &net.IPNet{IP: slices.Clone(reqs[i].route.Dst.IP), Mask: reqs[i].route.Dst.Mask}
+			reqs[i].route.Gw = slices.Clone(reqs[i].route.Gw)
+		}
+		answers := k.nl.RouteWrites(reqs)
+		for i, q := range group {
+			a := answers[i]
+			if q.nh != nil && a.nhErr != nil {
+				// The object was not made (or the id was someone else's): forget it.
+				if errors.Is(a.nhErr, unix.EEXIST) {
+					k.rec.nhForeign[q.nh.ID] = struct{}{}
+				}
+				k.rec.delNexthop(q.nh.ID)
+			}
+			if _, ours := k.rec.nexthops[q.want.kr.nhid]; q.want.kr.nhid != 0 && !ours {
+				// Its object is not tabby's after all: write the route again, alone.
+				kr, create := k.nexthopFor(q.want.kr)
+				q.want.kr, a.err = k.writeRoute(kr, create, q.had || a.err == nil)
+			}
+			written(q.key, q.want, q.have, q.had, a.err)
+		}
+		group = group[:0]
+	}
+	defer flush()
 	visit := func(key routeKey) bool {
 		w, ok := k.want.routes[key]
 		if !ok {
@@ -525,18 +569,20 @@ func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 		if ops == bulkWrites {
 			k.pauseRouteEvents()
 		}
+		if k.routeDirty.all {
+			// A bulk pass sends its writes in groups: one round trip per group.
+			if create != nil {
+				k.rec.putNexthop(create.ID, w.kr.nextHop(), false) // the next routes through it share it
+			}
+			group = append(group, queuedWrite{key: key, want: w, have: have, had: ok, nh: create})
+			if len(group) == writeGroup {
+				flush()
+			}
+			return true
+		}
 		var err error
 		w.kr, err = k.writeRoute(w.kr, create, ok)
-		switch {
-		case err == nil:
-			k.installedWanted++
-			k.rec.replaceRoute(key, installed{kr: w.kr, kind: w.kind}, have, ok)
-		case !ok && errors.Is(err, unix.EEXIST):
-			exists = append(exists, key)
-		default:
-			rep.fail(fmt.Errorf("route %s: %w", w.kr.dst, err))
-			k.pend.routes[key] = struct{}{}
-		}
+		written(key, w, have, ok, err)
 		return true
 	}
 	switch {
@@ -561,9 +607,22 @@ func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 			}
 		}
 	}
+	flush()
 	if len(exists) > 0 {
 		k.resolveExisting(rep, exists)
 	}
+}
+
+// writeGroup is how many route writes a bulk pass sends in one request.
+const writeGroup = 64
+
+// queuedWrite is a route write of a bulk pass waiting for its group to be sent.
+type queuedWrite struct {
+	key  routeKey
+	want wantRoute // with the nexthop id it is written with
+	have installed
+	had  bool
+	nh   *nexthop // the object to create with it
 }
 
 // resolveExisting looks at the prefixes an exclusive add found taken: one of tabby's

@@ -286,6 +286,48 @@ func nexthopIDBody(id uint32) []byte {
 	return a
 }
 
+// routeWrite is one RouteWrite of a group; writeAnswer its answers.
+type routeWrite struct {
+	route   nlRoute
+	replace bool
+	nh      *nexthop
+}
+
+type writeAnswer struct{ nhErr, err error }
+
+// RouteWrites sends a group of route writes (each with its new nexthop object, if any) in
+// one request: a bulk pass then costs one round trip per group, not per route.
+func (r *rtnl) RouteWrites(ws []routeWrite) []writeAnswer {
+	msgs := make([]message, 0, 2*len(ws))
+	for i := range ws {
+		w := &ws[i]
+		if w.nh != nil {
+			msgs = append(msgs, message{unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE | unix.NLM_F_EXCL | unix.NLM_F_ACK, encodeNexthop(w.nh)})
+		}
+		flags := unix.NLM_F_CREATE | unix.NLM_F_ACK | unix.NLM_F_EXCL
+		if w.replace {
+			flags = unix.NLM_F_CREATE | unix.NLM_F_ACK | unix.NLM_F_REPLACE
+		}
+		msgs = append(msgs, message{unix.RTM_NEWROUTE, flags, encodeRoute(&w.route)})
+	}
+	answers := make([]writeAnswer, len(ws))
+	errs, err := r.batch(msgs...)
+	j := 0
+	for i := range ws {
+		if err != nil {
+			answers[i] = writeAnswer{err, err}
+			continue
+		}
+		if ws[i].nh != nil {
+			answers[i].nhErr = errs[j]
+			j++
+		}
+		answers[i].err = errs[j]
+		j++
+	}
+	return answers
+}
+
 // message is one request of a batch.
 type message struct {
 	typ, flags int
