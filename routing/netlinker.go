@@ -99,12 +99,12 @@ type OpCounts struct {
 	// Riders counts messages sent in the request of another, not a round trip more: a
 	// nexthop object created with the first route through it or deleted with the last,
 	// and the routes of a bulk pass, sent in groups.
-	Riders uint64
-	RouteDumps         uint64
-	LinkOps            uint64 // LinkByName, LinkAdd, LinkDel, LinkSet*
-	AddrOps            uint64
-	NeighWrites        uint64 // neighbour and FDB entries
-	NeighDumps         uint64
+	Riders      uint64
+	RouteDumps  uint64
+	LinkOps     uint64 // LinkByName, LinkAdd, LinkDel, LinkSet*
+	AddrOps     uint64
+	NeighWrites uint64 // neighbour and FDB entries
+	NeighDumps  uint64
 }
 
 // Total is the number of netlink requests (round trips).
