@@ -222,8 +222,7 @@ func BenchmarkDesired(b *testing.B) {
 // the kernel's taken out.
 type nopKernel struct{ *fakeKernel }
 
-func (*nopKernel) RouteWrite(*nlRoute, bool, *nexthop) (error, error) { return nil, nil }
-func (*nopKernel) RouteWrites(ws []routeWrite) []writeAnswer          { return make([]writeAnswer, len(ws)) }
+func (*nopKernel) RouteWrites(ws []routeWrite) []writeAnswer { return make([]writeAnswer, len(ws)) }
 
 // BenchmarkColdSyncOverhead is the reconciler's own CPU cost of a cold sync of N routes: a
 // kernel that accepts every request at no cost, no events.

@@ -227,22 +227,18 @@ func (fk *fakeKernel) stored(r *nlRoute) nlRoute {
 	return c
 }
 
-// RouteWrite logs its request as "RouteAdd <dst>" or "RouteReplace <dst>", after
+// RouteWrites logs each write as "RouteAdd <dst>" or "RouteReplace <dst>", after
 // "NexthopAdd <id>" for a nexthop object that comes with it. As the kernel does with a
-// batch, it answers each message, the object's first.
-func (fk *fakeKernel) RouteWrite(r *nlRoute, replace bool, nh *nexthop) (nhErr, err error) {
+// batch, it handles the messages in order and answers each.
+func (fk *fakeKernel) RouteWrites(ws []routeWrite) []writeAnswer {
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
-	if nh != nil {
-		nhErr = fk.addNexthop(nh)
-	}
-	return nhErr, fk.writeRoute(r, replace)
-}
-
-func (fk *fakeKernel) RouteWrites(ws []routeWrite) []writeAnswer {
 	out := make([]writeAnswer, len(ws))
-	for i := range ws {
-		out[i].nhErr, out[i].err = fk.RouteWrite(&ws[i].route, ws[i].replace, ws[i].nh)
+	for i, w := range ws {
+		if w.nh != nil {
+			out[i].nhErr = fk.addNexthop(w.nh)
+		}
+		out[i].err = fk.writeRoute(&w.route, w.replace)
 	}
 	return out
 }

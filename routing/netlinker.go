@@ -15,10 +15,8 @@ import (
 // netlinker is the part of netlink the reconciler uses. *netlink.Handle implements it; the
 // tests implement it with a fake kernel that renders its state as text.
 type netlinker interface {
-	// RouteWrite, RouteDump and the nexthop calls are tabby's own codec (rtnl.go): the
+	// RouteWrites, RouteDelete, RouteDump and the nexthop calls are tabby's own codec (rtnl.go): the
 	// library knows neither nexthop objects nor routes that use them.
-	RouteWrite(r *nlRoute, replace bool, nh *nexthop) (nhErr, err error)
-	// RouteWrites sends many RouteWrites in one request and answers each.
 	RouteWrites(ws []routeWrite) []writeAnswer
 	RouteDelete(r *nlRoute, nhid uint32) (nhErr, err error)
 	RouteDump(f func(nlRoute) bool) error
@@ -127,13 +125,6 @@ func (c *counting) counts() OpCounts {
 	}
 }
 
-func (c *counting) RouteWrite(r *nlRoute, replace bool, nh *nexthop) (error, error) {
-	c.routeWrites.Add(1)
-	if nh != nil {
-		c.riders.Add(1)
-	}
-	return c.nl.RouteWrite(r, replace, nh)
-}
 func (c *counting) RouteWrites(ws []routeWrite) []writeAnswer {
 	c.routeWrites.Add(1)
 	riders := uint64(len(ws) - 1)

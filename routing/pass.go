@@ -762,7 +762,8 @@ func (k *Kernel) nexthopFor(kr kroute) (kroute, *nexthop) {
 func (k *Kernel) writeRoute(kr kroute, create *nexthop, replace bool) (kroute, error) {
 	const attempts = 8
 	for attempt := 1; ; attempt++ {
-		nhErr, err := k.nl.RouteWrite(k.req.fill(kr, k.proto), replace, create)
+		a := k.nl.RouteWrites([]routeWrite{{route: *k.req.fill(kr, k.proto), replace: replace, nh: create}})[0]
+		nhErr, err := a.nhErr, a.err
 		switch {
 		case create == nil:
 			return kr, err

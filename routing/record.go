@@ -280,8 +280,12 @@ func (r *record) delNexthop(id uint32) {
 	}
 	delete(r.nexthops, id)
 	delete(r.nhIdle, id)
+	r.nhNext = min(r.nhNext, id)
 	if r.nhByKey[e.key] == id {
 		delete(r.nhByKey, e.key)
+		if len(r.nhByKey) == len(r.nexthops) {
+			return // every object holds its own next hop: no other can take over
+		}
 		// Another object with the same next hop (two found in a dump) takes over.
 		for other, o := range r.nexthops {
 			if o.key == e.key {
@@ -289,7 +293,6 @@ func (r *record) delNexthop(id uint32) {
 			}
 		}
 	}
-	r.nhNext = min(r.nhNext, id)
 }
 
 // putNexthopKey makes id the object routes through key get, unless a lower id has it.

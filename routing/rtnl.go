@@ -224,30 +224,6 @@ func u32(b []byte) uint32 {
 	return binary.NativeEndian.Uint32(b)
 }
 
-// RouteWrite adds a route (exclusively: EEXIST if the prefix is taken) or replaces one.
-// nh, when not nil, is a new nexthop object the route uses: both go in one request, the
-// object first, so that a route to a new next hop costs one round trip, not two. The kernel
-// handles the two messages in order and answers each; nhErr is the object's answer.
-func (r *rtnl) RouteWrite(rt *nlRoute, replace bool, nh *nexthop) (nhErr, err error) {
-	flags := unix.NLM_F_CREATE | unix.NLM_F_ACK
-	if replace {
-		flags |= unix.NLM_F_REPLACE
-	} else {
-		flags |= unix.NLM_F_EXCL
-	}
-	if nh == nil {
-		_, err := r.request(unix.RTM_NEWROUTE, flags, encodeRoute(rt)).Execute(unix.NETLINK_ROUTE, 0)
-		return nil, err
-	}
-	errs, err := r.batch(
-		message{unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE | unix.NLM_F_EXCL | unix.NLM_F_ACK, encodeNexthop(nh)},
-		message{unix.RTM_NEWROUTE, flags, encodeRoute(rt)})
-	if err != nil {
-		return err, err
-	}
-	return errs[0], errs[1]
-}
-
 // RouteDelete deletes a route of the given protocol by its key (destination, metric),
 // whatever its next hop; nhid, when not 0, is the nexthop object only that route used,
 // deleted in the same request after it. nhErr is the object's answer.
@@ -286,17 +262,20 @@ func nexthopIDBody(id uint32) []byte {
 	return a
 }
 
-// routeWrite is one RouteWrite of a group; writeAnswer its answers.
+// routeWrite is one route write: an add (exclusive: EEXIST if the prefix is taken) or a
+// replace, with the new nexthop object the route uses, if any, sent just before it so that
+// a route to a new next hop costs no round trip of its own.
 type routeWrite struct {
 	route   nlRoute
 	replace bool
 	nh      *nexthop
 }
 
+// writeAnswer is the kernel's answer to a routeWrite: nhErr the object's, err the route's.
 type writeAnswer struct{ nhErr, err error }
 
-// RouteWrites sends a group of route writes (each with its new nexthop object, if any) in
-// one request: a bulk pass then costs one round trip per group, not per route.
+// RouteWrites sends route writes in one request, the kernel handles the messages in order
+// and answers each: a bulk pass costs one round trip per group, a single write one.
 func (r *rtnl) RouteWrites(ws []routeWrite) []writeAnswer {
 	msgs := make([]message, 0, 2*len(ws))
 	for i := range ws {
