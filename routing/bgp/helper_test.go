@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -210,6 +211,13 @@ func runSpeakerHelper(cfgPath string) int {
 	mux.HandleFunc("/routes", func(w http.ResponseWriter, r *http.Request) {
 		routes, err := sp.Routes(r.Context())
 		reply(w, routes, err)
+	})
+	// /serveloops counts GoBGP management loops (BgpServer.Serve) alive in this process:
+	// they never end, so each server the speaker creates stays for good.
+	mux.HandleFunc("/serveloops", func(w http.ResponseWriter, r *http.Request) {
+		var stacks strings.Builder
+		err := pprof.Lookup("goroutine").WriteTo(&stacks, 2)
+		reply(w, strings.Count(stacks.String(), "server.(*BgpServer).Serve("), err)
 	})
 	// /stop is a deliberate, non-graceful stop (tabbyd cleanup): withdraw, Cease, no marker.
 	mux.HandleFunc("/stop", func(w http.ResponseWriter, r *http.Request) {
@@ -430,6 +438,12 @@ func (s *speaker) status() ([]statusapi.Peer, error) {
 func (s *speaker) routes() ([]bgp.LearnedRoute, error) {
 	var r []bgp.LearnedRoute
 	return r, s.get("/routes", &r)
+}
+
+// serveLoops is the number of GoBGP servers the speaker has created (see /serveloops).
+func (s *speaker) serveLoops() (int, error) {
+	var n int
+	return n, s.get("/serveloops", &n)
 }
 
 func (s *speaker) learned() ([]bgp.LearnedRoute, error) {

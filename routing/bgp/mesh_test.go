@@ -381,6 +381,8 @@ func TestMeshPassword(t *testing.T) {
 
 // TestIdentityChange: a node's AS number changes; its speaker restarts its BGP server with
 // the new identity, the other node updates the session, and the mesh comes back as eBGP.
+// Changed twice more, the speaker still runs one GoBGP server: a stopped server is
+// started again with the new identity, since GoBGP v3's management loop never ends.
 func TestIdentityChange(t *testing.T) {
 	nettest.RequireRoot(t)
 	t.Parallel()
@@ -424,4 +426,21 @@ func TestIdentityChange(t *testing.T) {
 		}
 		return nil
 	})
+
+	for _, as := range []datastore.ASNumber{65003, 65004} {
+		c.nodes[1].bgp = func(s *datastore.NodeBGPSpec) { s.ASNumber = &as }
+		for _, s := range sp {
+			s.update(c.snapshot())
+		}
+		nettest.Eventually(t, 30*time.Second, fmt.Sprintf("node-b restarts its BGP server in AS %d", as), func() error {
+			if !strings.Contains(sp["node-b"].log(), fmt.Sprintf(`BGP server started" subsystem=bgp router_id=10.99.0.2 as=%d`, as)) {
+				return fmt.Errorf("no restart in the log yet")
+			}
+			return nil
+		})
+		sp["node-a"].waitEstablished(30*time.Second, "10.99.0.2")
+	}
+	if n, err := sp["node-b"].serveLoops(); err != nil || n != 1 {
+		t.Errorf("node-b runs %d GoBGP servers after three identity changes (err %v), want 1", n, err)
+	}
 }

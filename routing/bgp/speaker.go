@@ -81,9 +81,12 @@ type Speaker struct {
 
 	// applyMu serialises Run's reconciliations with Stop. Everything below it is owned by
 	// whoever holds it.
-	applyMu     sync.Mutex
-	cur         *running
-	spare       *server.BgpServer // started (Serve) but StartBgp failed: reused on retry
+	applyMu sync.Mutex
+	cur     *running
+	// spare is a GoBGP server whose management loop runs but whose BGP is stopped (its
+	// StartBgp failed, or it ran the previous identity): the next start reuses it, because
+	// the loop (BgpServer.Serve) never ends and a new server would leave it behind.
+	spare       *server.BgpServer
 	startedOnce bool
 	best        map[netip.Prefix]LearnedRoute
 	published   []LearnedRoute
@@ -362,7 +365,7 @@ func (s *Speaker) startServer(ctx context.Context, g Global) error {
 	return nil
 }
 
-// stopServer closes every session with a Cease and drops the server.
+// stopServer closes every session with a Cease and keeps the stopped server as the spare.
 func (s *Speaker) stopServer(ctx context.Context) {
 	cur := s.cur
 	s.cur = nil
@@ -375,6 +378,8 @@ func (s *Speaker) stopServer(ctx context.Context) {
 	cur.cancelWatch()
 	if err := cur.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
 		s.log.Warn("stopping the BGP server", "error", err)
+	} else {
+		s.spare = cur.srv
 	}
 	clear(s.best)
 	s.tracker.reset()
