@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tabby-net/tabby/daemon/nodereg"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
@@ -55,8 +56,12 @@ func (d *daemon) wire(g *group) (*wiring, error) {
 	})
 	w := &wiring{d: d, seenProblems: map[datastore.Problem]bool{}}
 	// A dead watch is noticed within two progress intervals: 5 s keeps "datastore
-	// unreachable" timely at the cost of one small request every 5 s.
-	w.syncer = datastore.NewSyncerWithOptions(client, d.log.With("subsystem", "syncer"), datastore.SyncerOptions{ProgressInterval: 5 * time.Second})
+	// unreachable" timely at the cost of one small request every 5 s. Of the IPAM handles
+	// (one per workload in the cluster) the daemon reads only its own tunnel handles.
+	w.syncer = datastore.NewSyncerWithOptions(client, d.log.With("subsystem", "syncer"), datastore.SyncerOptions{
+		ProgressInterval: 5 * time.Second,
+		OnlyHandles:      nodereg.TunnelHandles(d.nodeName),
+	})
 	g.Go("datastore syncer", w.syncer.Run)
 
 	if w.node, err = newNodeSub(d, client); err != nil {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +31,10 @@ type SyncerOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// PageSize is the number of keys per list request. Default 1000.
 	PageSize int64
+	// OnlyHandles, when not empty, limits the IPAM handles in snapshots to these IDs.
+	// A cluster holds one handle per workload, so in a large one they are most of the
+	// keys, and tabbyd reads only its own tunnel handles. Empty: every handle.
+	OnlyHandles []string
 }
 
 func (o SyncerOptions) withDefaults() SyncerOptions {
@@ -87,6 +94,8 @@ type Syncer struct {
 	client *Client
 	log    *slog.Logger
 	opts   SyncerOptions
+	// wantedHandles holds the keys of OnlyHandles; nil when every handle is wanted.
+	wantedHandles map[string]bool
 
 	mu      sync.Mutex
 	subs    map[chan *Snapshot]struct{}
@@ -106,12 +115,43 @@ func NewSyncerWithOptions(c *Client, log *slog.Logger, opts SyncerOptions) *Sync
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Syncer{
+	s := &Syncer{
 		client: c,
 		log:    log.With("component", "datastore-syncer"),
 		opts:   opts.withDefaults(),
 		subs:   map[chan *Snapshot]struct{}{},
 	}
+	if len(opts.OnlyHandles) > 0 {
+		s.wantedHandles = map[string]bool{}
+		for _, id := range opts.OnlyHandles {
+			s.wantedHandles[c.Keys.Handle(id)] = true
+		}
+	}
+	return s
+}
+
+// keyRange is the half-open key range [from, end) of one list.
+type keyRange struct{ from, end string }
+
+// listRanges are the key ranges a list reads, in key order: the whole root, or, with
+// OnlyHandles, the root around the handle prefix plus each wanted handle's key.
+func (s *Syncer) listRanges() []keyRange {
+	root := s.client.Keys.Root + "/"
+	rootEnd := clientv3.GetPrefixRangeEnd(root)
+	if s.wantedHandles == nil {
+		return []keyRange{{root, rootEnd}}
+	}
+	hp := s.client.Keys.HandlePrefix()
+	ranges := []keyRange{{root, hp}}
+	for _, key := range slices.Sorted(maps.Keys(s.wantedHandles)) {
+		ranges = append(ranges, keyRange{key, key + "\x00"})
+	}
+	return append(ranges, keyRange{clientv3.GetPrefixRangeEnd(hp), rootEnd})
+}
+
+// wanted reports whether the snapshot carries key (see OnlyHandles).
+func (s *Syncer) wanted(key string) bool {
+	return s.wantedHandles == nil || s.wantedHandles[key] || !strings.HasPrefix(key, s.client.Keys.HandlePrefix())
 }
 
 // Subscribe returns a channel of snapshots and a function that ends the subscription.
@@ -246,8 +286,8 @@ func (s *Syncer) sleep(ctx context.Context, d time.Duration) time.Duration {
 	return min(2*d, s.opts.MaxBackoff)
 }
 
-// list reads the whole root at one revision, page by page, merges it into the cache and
-// publishes the result.
+// list reads the whole root (but the handles OnlyHandles leaves out) at one revision,
+// page by page, merges it into the cache and publishes the result.
 //
 // Pages are decoded by a second goroutine while the next one is being fetched, so that
 // etcd's time to serve a page and tabby's time to decode the previous one overlap: at
@@ -255,11 +295,9 @@ func (s *Syncer) sleep(ctx context.Context, d time.Duration) time.Duration {
 // touches st until it is done; at most two pages wait for it.
 func (s *Syncer) list(ctx context.Context, st *syncState) (int64, error) {
 	prefix := s.client.Keys.Root + "/"
-	end := clientv3.GetPrefixRangeEnd(prefix)
 	var (
 		kvs     []rawKV
 		rev     int64
-		key     = prefix
 		pages   = make(chan listPage, 2)
 		decoded = make(chan struct{})
 	)
@@ -267,7 +305,8 @@ func (s *Syncer) list(ctx context.Context, st *syncState) (int64, error) {
 		defer close(decoded)
 		for page := range pages {
 			if kvs == nil {
-				// Count is the whole range's: the list's slice is allocated once.
+				// Count is the whole first range's: the list's slice is allocated once
+				// (but for the few keys of the ranges after it, with OnlyHandles).
 				kvs = make([]rawKV, 0, page.count)
 			}
 			for _, kv := range page.kvs {
@@ -279,32 +318,36 @@ func (s *Syncer) list(ctx context.Context, st *syncState) (int64, error) {
 	}()
 	fetchErr := func() error {
 		defer close(pages)
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(s.opts.PageSize)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.opts.RequestTimeout)
-			resp, err := s.client.etcd.Get(rctx, key, opts...)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("list %s: %w", prefix, err)
-			}
-			if rev == 0 {
-				rev = resp.Header.Revision
-			}
-			if len(resp.Kvs) > 0 {
-				select {
-				case pages <- listPage{kvs: resp.Kvs, count: resp.Count}:
-				case <-ctx.Done():
-					return fmt.Errorf("list %s: %w", prefix, ctx.Err())
+		for _, r := range s.listRanges() {
+			key := r.from
+			for {
+				opts := []clientv3.OpOption{clientv3.WithRange(r.end), clientv3.WithLimit(s.opts.PageSize)}
+				if rev != 0 {
+					opts = append(opts, clientv3.WithRev(rev))
 				}
+				rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.opts.RequestTimeout)
+				resp, err := s.client.etcd.Get(rctx, key, opts...)
+				cancel()
+				if err != nil {
+					return fmt.Errorf("list %s: %w", prefix, err)
+				}
+				if rev == 0 {
+					rev = resp.Header.Revision
+				}
+				if len(resp.Kvs) > 0 {
+					select {
+					case pages <- listPage{kvs: resp.Kvs, count: resp.Count}:
+					case <-ctx.Done():
+						return fmt.Errorf("list %s: %w", prefix, ctx.Err())
+					}
+				}
+				if !resp.More || len(resp.Kvs) == 0 {
+					break
+				}
+				key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 			}
-			if !resp.More || len(resp.Kvs) == 0 {
-				return nil
-			}
-			key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
+		return nil
 	}()
 	<-decoded
 	if fetchErr != nil {
@@ -444,8 +487,12 @@ func (s *Syncer) drain(resp clientv3.WatchResponse, wch clientv3.WatchChan) drai
 			d.progressRev = resp.Header.Revision
 		}
 		for _, ev := range resp.Events {
+			key := string(ev.Kv.Key)
+			if !s.wanted(key) {
+				continue
+			}
 			d.events = append(d.events, rawKV{
-				key: string(ev.Kv.Key), value: ev.Kv.Value, modRev: ev.Kv.ModRevision,
+				key: key, value: ev.Kv.Value, modRev: ev.Kv.ModRevision,
 				createRev: ev.Kv.CreateRevision, deleted: ev.Type == clientv3.EventTypeDelete,
 			})
 		}

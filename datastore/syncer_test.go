@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -607,5 +609,67 @@ func TestSnapshotBGPConfig(t *testing.T) {
 	s.BGPConfigs["node.w2"] = node.(*datastore.BGPConfiguration)
 	if *s.BGPConfig().Spec.ASNumber != 65000 || s.BGPListenPort("w1") != 1179 || s.BGPListenPort("w2") != 2179 {
 		t.Errorf("AS %d, ports %d %d", *s.BGPConfig().Spec.ASNumber, s.BGPListenPort("w1"), s.BGPListenPort("w2"))
+	}
+}
+
+// TestSyncerOnlyHandles: with OnlyHandles, snapshots carry those IPAM handles and no
+// other, from the list (several pages on each side of the handle prefix) and from the
+// watch, while every other kind arrives as usual.
+func TestSyncerOnlyHandles(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	ctx := context.Background()
+	c := e.Client
+	if _, err := c.CreateIPPool(ctx, pool("default-ipv4-ippool", "192.168.0.0/16", nil)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		node := &datastore.Node{Metadata: datastore.ObjectMeta{Name: fmt.Sprintf("worker-%d", i)}, Spec: datastore.NodeSpec{BGP: &datastore.NodeBGPSpec{IPv4Address: fmt.Sprintf("10.30.0.%d/24", i+1)}}}
+		if _, err := c.CreateNode(ctx, node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	block := netip.MustParsePrefix("192.168.1.0/26")
+	put(t, e, c.Keys.Affinity("worker-1", block), `{"state":"confirmed","deleted":false}`)
+	put(t, e, c.Keys.IPAMConfig(), `{"strict_affinity":true}`)
+	handle := `{"block":{"192.168.1.0/26":1}}`
+	for _, id := range []string{"ipip-tunnel-addr-worker-1", "ipip-tunnel-addr-worker-10", "tabby.c1", "tabby.c2", "tabby.c3", "aaa", "zzz"} {
+		put(t, e, c.Keys.Handle(id), handle)
+	}
+
+	opts := fastSyncer
+	opts.PageSize = 2
+	opts.OnlyHandles = []string{"vxlan-tunnel-addr-worker-1", "ipip-tunnel-addr-worker-1"}
+	s := datastore.NewSyncerWithOptions(c, testLogger(t), opts)
+	ch, _ := s.Subscribe()
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	handles := func(s *datastore.Snapshot) string { return strings.Join(slices.Sorted(maps.Keys(s.Handles)), ",") }
+	snap := waitFor(t, ch, "the first snapshot", func(*datastore.Snapshot) bool { return true })
+	if got := handles(snap); got != "ipip-tunnel-addr-worker-1" {
+		t.Errorf("first snapshot's handles %q, want only ipip-tunnel-addr-worker-1", got)
+	}
+	if len(snap.Pools) != 1 || len(snap.Nodes) != 5 || !snap.IPAMConfig.StrictAffinity {
+		t.Errorf("first snapshot: %s, strict affinity %v", describe(snap), snap.IPAMConfig.StrictAffinity)
+	}
+	if _, ok := snap.Affinities[datastore.AffinityKey{Host: "worker-1", CIDR: block}]; !ok {
+		t.Errorf("the affinity (after the handle prefix) is missing: %s", describe(snap))
+	}
+
+	put(t, e, c.Keys.Handle("tabby.c4"), handle)
+	put(t, e, c.Keys.Handle("vxlan-tunnel-addr-worker-1"), handle)
+	snap = waitFor(t, ch, "the VXLAN tunnel handle", func(s *datastore.Snapshot) bool { return s.Handles["vxlan-tunnel-addr-worker-1"] != nil })
+	if got := handles(snap); got != "ipip-tunnel-addr-worker-1,vxlan-tunnel-addr-worker-1" {
+		t.Errorf("handles after the watch %q, want the two tunnel handles", got)
+	}
+	if _, err := e.Raw().Delete(ctx, c.Keys.Handle("ipip-tunnel-addr-worker-1")); err != nil {
+		t.Fatal(err)
+	}
+	snap = waitFor(t, ch, "the IPIP handle's deletion", func(s *datastore.Snapshot) bool { return s.Handles["ipip-tunnel-addr-worker-1"] == nil })
+	if got := handles(snap); got != "vxlan-tunnel-addr-worker-1" {
+		t.Errorf("handles after the deletion %q", got)
 	}
 }

@@ -30,6 +30,16 @@ type Identity struct {
 // Tunnels lists both tunnel kinds, in the order they are handled.
 func Tunnels() []ipam.TunnelKind { return []ipam.TunnelKind{ipam.TunnelIPIP, ipam.TunnelVXLAN} }
 
+// TunnelHandles are the IPAM handles of node's tunnel addresses: the only handles the
+// registrar reads from snapshots.
+func TunnelHandles(node string) []string {
+	var ids []string
+	for _, t := range Tunnels() {
+		ids = append(ids, t.Handle(node))
+	}
+	return ids
+}
+
 // VTEPMAC is the VXLAN MAC of a node that has none yet: 0x66 followed by the first five
 // bytes of sha1(node name). 0x66 has the locally-administered bit set and the multicast
 // bit clear, so the MAC is a valid unicast address that no NIC vendor uses.
