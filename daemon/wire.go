@@ -88,9 +88,10 @@ func (w *wiring) loop(ctx context.Context) error {
 	defer unsubscribe()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	// The first complete route pass decides READY=1: react to it at once rather than on
-	// the next tick (up to a second later at scale). Closed once, so watched once.
+	// The first complete route and NAT passes decide READY=1: react to them at once
+	// rather than on the next tick (up to a second later). Closed once, so watched once.
 	routesSynced := w.routes.k.Synced()
+	natSynced := w.nat.n.FirstSync()
 	for {
 		w.d.health.Beat(loopMain, 30*time.Second)
 		select {
@@ -111,6 +112,8 @@ func (w *wiring) loop(ctx context.Context) error {
 			w.apply(true)
 		case <-routesSynced:
 			routesSynced = nil
+		case <-natSynced:
+			natSynced = nil
 		case <-w.node.changed():
 		case <-w.d.health.Changed():
 		case <-tick.C:

@@ -155,6 +155,10 @@ func (n *NAT) Synced() bool {
 	}
 }
 
+// FirstSync is closed once a desired state has been fully applied, after Status says so:
+// for a caller that waits on other things as well.
+func (n *NAT) FirstSync() <-chan struct{} { return n.synced }
+
 // WaitSynced blocks until Synced is true or ctx is done.
 func (n *NAT) WaitSynced(ctx context.Context) error {
 	select {

@@ -516,12 +516,17 @@ func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
 	if full {
 		k.fullSyncs++
 	}
-	if rep.failures == 0 && !k.isSynced {
+	firstSync := rep.failures == 0 && !k.isSynced
+	if firstSync {
 		k.isSynced = true
-		close(k.synced)
 		k.log.Info("kernel routing synced", "routes", len(k.rec.routes), "took", end.Sub(now))
 	}
 	k.publish(rep, end)
+	if firstSync {
+		// After publish: whoever wakes on Synced reads a Status that says so (the daemon
+		// decides READY=1 from it, and would otherwise wait for its next tick).
+		close(k.synced)
+	}
 	if k.observePass != nil {
 		k.observePass(end.Sub(now))
 	}

@@ -164,6 +164,25 @@ func TestKernelGolden(t *testing.T) {
 	}
 }
 
+// TestKernelStatusSyncedWhenSyncedCloses: whoever wakes on Synced() reads a Status that
+// says Synced (the daemon's readiness reads it at that moment). Repeated, because the
+// order of two goroutines is what is checked.
+func TestKernelStatusSyncedWhenSyncedCloses(t *testing.T) {
+	for i := range 20 {
+		fk := newFakeKernel()
+		k := runKernel(t, fk, KernelOptions{})
+		k.Set(Desired(article(datastore.EncapNever, datastore.EncapNever).s, fakeLocal(t, fk), nil))
+		select {
+		case <-k.Synced():
+		case <-time.After(20 * time.Second):
+			t.Fatal("no first sync")
+		}
+		if st := k.Status(); !st.Synced {
+			t.Fatalf("run %d: Synced() is closed but Status().Synced is false: %+v", i, st)
+		}
+	}
+}
+
 // TestKernelNoIPIP: on a kernel without the ipip module the problem is reported in exactly
 // the words readiness uses, and the rest of the state is programmed.
 func TestKernelNoIPIP(t *testing.T) {
