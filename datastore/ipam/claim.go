@@ -211,40 +211,60 @@ func (a *Allocator) claimNewBlock(ctx context.Context, host string, pools poolSe
 	return storedBlock{}, fmt.Errorf("claim a block for %s: %w", host, ErrTooManyConflicts)
 }
 
-// releaseBlockAffinity releases host's affinity to cidr (Calico's releaseBlockAffinity):
-// mark the affinity pendingDeletion, delete the block when it is empty or else clear its
-// affinity, then delete the affinity. With requireEmpty it refuses a block in use; with
-// requiredSeq it refuses a block written since the caller read it (so that a release never
-// undoes an assignment that slipped in). If the block write is refused, the affinity is put
-// back to confirmed so no half-released state is left.
+// blockFate is what releasing an affinity did to its block.
+type blockFate int
+
+const (
+	// blockAbsent: there was no block (the affinity pointed at nothing); only the
+	// affinity key went.
+	blockAbsent blockFate = iota
+	// blockDeleted: the block was empty and was deleted.
+	blockDeleted
+	// blockKept: the block still holds addresses; it stays, affine to no host.
+	blockKept
+)
+
+// releaseBlockAffinity releases host's affinity to cidr; see releaseBlock.
 func (a *Allocator) releaseBlockAffinity(ctx context.Context, host string, cidr netip.Prefix, requireEmpty bool, requiredSeq *uint64) error {
+	_, err := a.releaseBlock(ctx, host, cidr, requireEmpty, requiredSeq)
+	return err
+}
+
+// releaseBlock releases host's affinity to cidr (Calico's releaseBlockAffinity): mark the
+// affinity pendingDeletion, delete the block when it is empty or else clear its affinity,
+// then delete the affinity. With requireEmpty it refuses a block in use; with requiredSeq
+// it refuses a block written since the caller read it (so that a release never undoes an
+// assignment that slipped in). If the block write is refused, the affinity is put back to
+// confirmed so no half-released state is left. It says what became of the block, which
+// ReleaseNode reports.
+func (a *Allocator) releaseBlock(ctx context.Context, host string, cidr netip.Prefix, requireEmpty bool, requiredSeq *uint64) (blockFate, error) {
 	sa, err := a.getAffinity(ctx, host, cidr)
 	if err != nil {
-		return err
+		return blockAbsent, err
 	}
 	sb, err := a.getBlock(ctx, cidr)
 	if errors.Is(err, datastore.ErrNotFound) {
 		// The affinity points at nothing: finish the job.
-		return a.deleteAffinity(ctx, sa)
+		return blockAbsent, a.deleteAffinity(ctx, sa)
 	}
 	if err != nil {
-		return err
+		return blockAbsent, err
 	}
 	if requiredSeq != nil && *requiredSeq != sb.b.SequenceNumber {
-		return fmt.Errorf("release block %s of %s: %w", cidr, host, errBlockChanged)
+		return blockAbsent, fmt.Errorf("release block %s of %s: %w", cidr, host, errBlockChanged)
 	}
 	if sb.b.Affinity != nil && sb.b.AffinityHost() != host {
 		if err := a.deleteAffinity(ctx, sa); err != nil && !errors.Is(err, datastore.ErrNotFound) {
 			a.log.Warn("could not delete stale affinity", "host", host, "block", cidr, "error", err)
 		}
-		return fmt.Errorf("release block %s of %s (owner %s): %w", cidr, host, affinityText(sb.b), errBlockTaken)
+		return blockAbsent, fmt.Errorf("release block %s of %s (owner %s): %w", cidr, host, affinityText(sb.b), errBlockTaken)
 	}
 	empty := isEmpty(sb.b)
 	if requireEmpty && !empty {
-		return fmt.Errorf("release block %s of %s: %w", cidr, host, errBlockNotEmpty)
+		return blockAbsent, fmt.Errorf("release block %s of %s: %w", cidr, host, errBlockNotEmpty)
 	}
 	if sa, err = a.setAffinityState(ctx, sa, datastore.AffinityPendingDeletion); err != nil {
-		return err
+		return blockAbsent, err
 	}
 	a.step(ctx, "affinity-pending-deletion")
 	if empty {
@@ -265,14 +285,17 @@ func (a *Allocator) releaseBlockAffinity(ctx context.Context, host string, cidr 
 			}
 			cancel()
 		}
-		return err
+		return blockAbsent, err
 	}
 	a.step(ctx, "block-released")
 	if err := a.deleteAffinity(ctx, sa); err != nil && !errors.Is(err, datastore.ErrNotFound) {
-		return err
+		return blockAbsent, err
 	}
 	a.log.Info("released block", "host", host, "block", cidr, "blockDeleted", empty)
-	return nil
+	if empty {
+		return blockDeleted, nil
+	}
+	return blockKept, nil
 }
 
 // ReleaseAffinity releases host's affinity to the block cidr: an empty block is deleted, a
@@ -285,21 +308,31 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, host string, cidr netip
 	if !cidr.IsValid() || !cidr.Addr().Is4() || cidr.Masked() != cidr {
 		return fmt.Errorf("release affinity of %s: %s is not a block CIDR", host, cidr)
 	}
+	_, err := a.releaseAffinity(ctx, host, cidr, mustBeEmpty)
+	return err
+}
+
+// releaseAffinity is ReleaseAffinity on valid arguments, retrying refused compare-and-swaps
+// on fresh data, and saying what became of the block (blockAbsent when there was nothing
+// of host's to release).
+func (a *Allocator) releaseAffinity(ctx context.Context, host string, cidr netip.Prefix, mustBeEmpty bool) (blockFate, error) {
 	for attempt := range maxRetries {
-		err := a.releaseBlockAffinity(ctx, host, cidr, mustBeEmpty, nil)
+		fate, err := a.releaseBlock(ctx, host, cidr, mustBeEmpty, nil)
 		switch {
-		case err == nil, errors.Is(err, errBlockTaken), errors.Is(err, datastore.ErrNotFound):
-			return nil
+		case err == nil:
+			return fate, nil
+		case errors.Is(err, errBlockTaken), errors.Is(err, datastore.ErrNotFound):
+			return blockAbsent, nil
 		case errors.Is(err, errBlockNotEmpty):
-			return err
+			return blockAbsent, err
 		case !casRefused(err):
-			return fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
+			return blockAbsent, fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
 		}
 		if err := backoff(ctx, attempt); err != nil {
-			return fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
+			return blockAbsent, fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
 		}
 	}
-	return fmt.Errorf("release affinity of %s to %s: %w", host, cidr, ErrTooManyConflicts)
+	return blockAbsent, fmt.Errorf("release affinity of %s to %s: %w", host, cidr, ErrTooManyConflicts)
 }
 
 // ReleaseHostAffinities releases every block affinity of host (for a node leaving the
