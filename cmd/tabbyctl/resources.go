@@ -11,13 +11,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/datastore/ipam"
 )
 
 // writeVerb is one of the commands that write manifests: apply, create, replace, delete.
 type writeVerb struct {
 	name, past string
-	// do writes one resource; skipped says it was left alone on purpose (--skip-*).
-	do func(ctx context.Context, c *datastore.Client, r datastore.Resource) (skipped bool, err error)
+	// do writes one resource; skipped says it was left alone on purpose (--skip-*). out
+	// takes what it has to say about a write beyond "done" (delete node's released IPAM).
+	do func(ctx context.Context, c *datastore.Client, r datastore.Resource, out io.Writer) (skipped bool, err error)
 	// validate says whether the manifests must pass the rules of SPEC §3 before anything
 	// is written (not for delete, which only needs kinds and names).
 	validate bool
@@ -25,7 +27,7 @@ type writeVerb struct {
 
 func newApplyCmd(opts *globalOptions) *cobra.Command {
 	verb := writeVerb{name: "apply", past: "applied", validate: true,
-		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource) (bool, error) {
+		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource, _ io.Writer) (bool, error) {
 			_, err := c.ApplyResource(ctx, r)
 			return false, err
 		}}
@@ -39,7 +41,7 @@ resource is still at that version.`, nil)
 func newCreateCmd(opts *globalOptions) *cobra.Command {
 	var skipExists bool
 	verb := writeVerb{name: "create", past: "created", validate: true,
-		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource) (bool, error) {
+		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource, _ io.Writer) (bool, error) {
 			_, err := c.CreateResource(ctx, r)
 			if skipExists && errors.Is(err, datastore.ErrAlreadyExists) {
 				return true, nil
@@ -55,7 +57,7 @@ func newCreateCmd(opts *globalOptions) *cobra.Command {
 
 func newReplaceCmd(opts *globalOptions) *cobra.Command {
 	verb := writeVerb{name: "replace", past: "replaced", validate: true,
-		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource) (bool, error) {
+		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource, _ io.Writer) (bool, error) {
 			_, err := c.UpdateResource(ctx, r)
 			return false, err
 		}}
@@ -66,8 +68,13 @@ func newReplaceCmd(opts *globalOptions) *cobra.Command {
 func newDeleteCmd(opts *globalOptions) *cobra.Command {
 	var skipNotExists bool
 	verb := writeVerb{name: "delete", past: "deleted",
-		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource) (bool, error) {
-			_, err := c.DeleteResource(ctx, r.ResourceKind(), r.Meta().Name, r.Meta().ResourceVersion)
+		do: func(ctx context.Context, c *datastore.Client, r datastore.Resource, out io.Writer) (bool, error) {
+			var err error
+			if r.ResourceKind() == datastore.KindNode {
+				err = deleteNode(ctx, c, r, out)
+			} else {
+				_, err = c.DeleteResource(ctx, r.ResourceKind(), r.Meta().Name, r.Meta().ResourceVersion)
+			}
 			if skipNotExists && errors.Is(err, datastore.ErrNotFound) {
 				return true, nil
 			}
@@ -75,7 +82,14 @@ func newDeleteCmd(opts *globalOptions) *cobra.Command {
 		}}
 	cmd := newWriteCmd(opts, verb, "delete (-f FILE | KIND NAME...)", "delete resources named by a file or on the command line",
 		`Deletes the resources a file describes (conditional on their resourceVersion when they have
-one), or those named on the command line: tabbyctl delete ippool my-pool.`,
+one), or those named on the command line: tabbyctl delete ippool my-pool.
+
+Deleting a Node also releases its IPAM data, as calicoctl does: every address the node
+holds (its workloads' and tunnel addresses, and those it borrowed from other nodes' blocks)
+and its block affinities. Its emptied blocks are deleted; a block still holding addresses
+other nodes borrowed from it keeps them and is left affine to no node. Stop tabbyd (and
+the workloads) on that host first, or it may take new addresses meanwhile. The Node itself
+is deleted last, so if releasing fails the Node stays and the command can be run again.`,
 		func(cmd *cobra.Command) {
 			cmd.Flags().BoolVar(&skipNotExists, "skip-not-exists", false, "ignore resources that do not exist")
 		})
@@ -204,7 +218,7 @@ func writeResources(cmd *cobra.Command, opts *globalOptions, verb writeVerb, res
 
 	done, skipped := 0, 0
 	for _, r := range resources {
-		skip, err := verb.do(ctx, c, r)
+		skip, err := verb.do(ctx, c, r, stdout)
 		if err != nil {
 			if done+skipped == 0 {
 				fmt.Fprintf(stderr, "Failed to %s '%s' resource: %v\n", verb.name, r.ResourceKind(), err)
@@ -240,4 +254,55 @@ func describeResources(rs []datastore.Resource) string {
 
 func describeCount(n int, rs []datastore.Resource) string {
 	return strings.TrimSpace(fmt.Sprintf("%d %s", n, describeResources(rs)))
+}
+
+// deleteNode deletes a Node the way calicoctl does: its IPAM data first (ipam.ReleaseNode),
+// the Node last, so that a failure on the way leaves the Node in place, to be deleted again.
+// The Node must exist, and still be at the manifest's resourceVersion when it has one,
+// before anything is released. It says on out what it released.
+func deleteNode(ctx context.Context, c *datastore.Client, r datastore.Resource, out io.Writer) error {
+	name, rv := r.Meta().Name, r.Meta().ResourceVersion
+	stored, err := c.GetResource(ctx, datastore.KindNode, name)
+	if err != nil {
+		return err
+	}
+	if cur := stored.Meta().ResourceVersion; rv != "" && rv != cur {
+		return fmt.Errorf("%s %q: resourceVersion %s is out of date (stored: %s): read it again and delete that: %w",
+			datastore.KindNode, name, rv, cur, datastore.ErrConflict)
+	}
+	released, err := ipam.New(c, nil).ReleaseNode(ctx, name)
+	if err != nil {
+		return fmt.Errorf("%w (the Node is left in place: run the command again to finish)", err)
+	}
+	if _, err := fmt.Fprintln(out, describeNodeRelease(name, released)); err != nil {
+		return err
+	}
+	_, err = c.DeleteResource(ctx, datastore.KindNode, name, rv)
+	return err
+}
+
+// describeNodeRelease says what ReleaseNode released: "Released 3 addresses and 1 block of
+// node worker-3." and, when some of its blocks stay for the addresses other nodes borrowed,
+// how many.
+func describeNodeRelease(node string, r ipam.NodeRelease) string {
+	s := fmt.Sprintf("Released %s and %s of node %s.", plural(r.Addresses, "address", "addresses"),
+		plural(r.Blocks(), "block", "blocks"), node)
+	if r.BlocksKept > 0 {
+		s += fmt.Sprintf(" %s still %s addresses other nodes borrowed and %s, affine to no node.",
+			plural(r.BlocksKept, "block", "blocks"), pick(r.BlocksKept, "holds", "hold"), pick(r.BlocksKept, "stays", "stay"))
+	}
+	return s
+}
+
+// plural is "1 block", "2 blocks", "0 blocks".
+func plural(n int, one, many string) string {
+	return fmt.Sprintf("%d %s", n, pick(n, one, many))
+}
+
+// pick is one for 1, many otherwise.
+func pick(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
