@@ -74,8 +74,11 @@ func stopPID(pid int, wantExe string, grace time.Duration) error {
 	return nil
 }
 
-// pidRuns reports whether pid is alive (not a zombie) and, when wantExe is set, runs a
-// program of that base name, so that a recycled PID is never killed.
+// pidRuns reports whether pid is alive and, when wantExe is set, runs a program of that
+// base name, so that a recycled PID is never killed. A zombie is alive while any of its
+// threads is still exiting: the main thread of a killed Go program turns zombie first, and
+// the program keeps its files and sockets (a restarted daemon could not bind its ports)
+// until the last thread is gone. While a zombie exists its PID cannot be recycled.
 func pidRuns(pid int, wantExe string) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -83,7 +86,8 @@ func pidRuns(pid int, wantExe string) bool {
 	}
 	// The state follows the parenthesised command name.
 	if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-		return false
+		threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		return err == nil && len(threads) > 1
 	}
 	if wantExe == "" {
 		return true

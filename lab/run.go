@@ -35,8 +35,11 @@ func killHard(pid int) error {
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		return fmt.Errorf("kill -9 %d: %w", pid, err)
 	}
-	for i := 0; i < 200 && pidRuns(pid, ""); i++ {
+	for i := 0; i < 1000 && pidRuns(pid, ""); i++ {
 		time.Sleep(10 * time.Millisecond)
+	}
+	if pidRuns(pid, "") {
+		return fmt.Errorf("kill -9 %d: still exiting after 10 s", pid)
 	}
 	return nil
 }
