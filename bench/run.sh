@@ -65,8 +65,12 @@ bench() { # name benchtime
 		return
 	fi
 	echo "== $1"
+	# Figures and results; a failure with every line of its message (the last lines of a
+	# daemon's log come on lines of their own).
 	(cd bench && "$work/bench.test" -test.run '^$' -test.bench "^Benchmark$1\$" -test.benchtime "$2" -test.timeout 20m) |
-		grep -E '^(FIGURE|Benchmark|--- (FAIL|SKIP)|FAIL|panic)|_test\.go:' | tee -a "$work/bench.txt" || true
+		awk '/^--- FAIL/ { failing = 1 }
+			failing || /^(FIGURE|Benchmark|--- SKIP|FAIL|panic)|_test\.go:/ { print; fflush() }
+			/^(FAIL|PASS|ok)/ { failing = 0 }' | tee -a "$work/bench.txt" || true
 	echo
 }
 bench FirstSnapshot5000 "$(reps 8x 3x)"
