@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -89,6 +91,15 @@ func (d *dirty[K]) mark(k K) {
 		d.keys = map[K]struct{}{}
 	}
 	d.keys[k] = struct{}{}
+}
+
+// dirtyKeys are the keys a pass visits: every key of among when the whole set is dirty,
+// else the marked ones.
+func dirtyKeys[K comparable, V any](d *dirty[K], among map[K]V) iter.Seq[K] {
+	if d.all {
+		return maps.Keys(among)
+	}
+	return maps.Keys(d.keys)
 }
 
 // ctxCheckEvery is how many netlink requests a long loop makes between looks at its context.
@@ -464,23 +475,11 @@ func (k *Kernel) addNeighbors(rep *passReport, want *State) {
 		}
 		k.rec.fdb[mac] = dst
 	}
-	if k.neighDirty.all {
-		for ip := range w.neighs {
-			addNeigh(ip)
-		}
-	} else {
-		for ip := range k.neighDirty.keys {
-			addNeigh(ip)
-		}
+	for ip := range dirtyKeys(&k.neighDirty, w.neighs) {
+		addNeigh(ip)
 	}
-	if k.fdbDirty.all {
-		for mac := range w.fdb {
-			addFDB(mac)
-		}
-	} else {
-		for mac := range k.fdbDirty.keys {
-			addFDB(mac)
-		}
+	for mac := range dirtyKeys(&k.fdbDirty, w.fdb) {
+		addFDB(mac)
 	}
 }
 
@@ -594,14 +593,8 @@ func (k *Kernel) addRoutes(ctx context.Context, rep *passReport) {
 				return
 			}
 		}
-	case k.routeDirty.all:
-		for key := range k.want.routes {
-			if !visit(key) {
-				return
-			}
-		}
 	default:
-		for key := range k.routeDirty.keys {
+		for key := range dirtyKeys(&k.routeDirty, k.want.routes) {
 			if !visit(key) {
 				return
 			}
@@ -719,20 +712,12 @@ func (k *Kernel) deleteRoutes(ctx context.Context, rep *passReport, sweep bool) 
 		}
 		return true
 	}
-	if k.routeDirty.all {
-		if len(k.rec.routes) == k.installedWanted {
-			return // every route in the record is a wanted one: nothing to delete
-		}
-		for key := range k.rec.routes {
-			if !visit(key) {
-				return
-			}
-		}
-	} else {
-		for key := range k.routeDirty.keys {
-			if !visit(key) {
-				return
-			}
+	if k.routeDirty.all && len(k.rec.routes) == k.installedWanted {
+		return // every route in the record is a wanted one: nothing to delete
+	}
+	for key := range dirtyKeys(&k.routeDirty, k.rec.routes) {
+		if !visit(key) {
+			return
 		}
 	}
 }
@@ -847,23 +832,11 @@ func (k *Kernel) deleteNeighbors(rep *passReport, want *State, sweep bool) {
 		}
 		delete(k.rec.neighs, ip)
 	}
-	if k.fdbDirty.all {
-		for mac := range k.rec.fdb {
-			delFDB(mac)
-		}
-	} else {
-		for mac := range k.fdbDirty.keys {
-			delFDB(mac)
-		}
+	for mac := range dirtyKeys(&k.fdbDirty, k.rec.fdb) {
+		delFDB(mac)
 	}
-	if k.neighDirty.all {
-		for ip := range k.rec.neighs {
-			delNeigh(ip)
-		}
-	} else {
-		for ip := range k.neighDirty.keys {
-			delNeigh(ip)
-		}
+	for ip := range dirtyKeys(&k.neighDirty, k.rec.neighs) {
+		delNeigh(ip)
 	}
 }
 

@@ -117,19 +117,26 @@ func (a *attrs) u32(typ int, v uint32) {
 	a.add(typ, b[:])
 }
 
-// encodeRoute serialises an IPv4 route: rtmsg, then its attributes.
-func encodeRoute(r *nlRoute) []byte {
-	b := make([]byte, unix.SizeofRtMsg, 96)
+// rtMsg starts an IPv4 route message: an rtmsg for dst in the main table with protocol
+// proto, with room for attributes up to size bytes in all.
+func rtMsg(dst *net.IPNet, proto int, size int) []byte {
+	b := make([]byte, unix.SizeofRtMsg, size)
 	b[0] = unix.AF_INET
-	if r.Dst != nil {
-		ones, _ := r.Dst.Mask.Size()
+	if dst != nil {
+		ones, _ := dst.Mask.Size()
 		b[1] = byte(ones)
 	}
 	b[4] = byte(unix.RT_TABLE_MAIN)
+	b[5] = byte(proto)
+	return b
+}
+
+// encodeRoute serialises an IPv4 route: rtmsg, then its attributes.
+func encodeRoute(r *nlRoute) []byte {
+	b := rtMsg(r.Dst, int(r.Protocol), 96)
 	if r.Table > 0 && r.Table < 256 {
 		b[4] = byte(r.Table)
 	}
-	b[5] = byte(r.Protocol)
 	b[6] = byte(r.Scope)
 	b[7] = byte(r.Type)
 	binary.NativeEndian.PutUint32(b[8:], uint32(r.Flags))
@@ -228,14 +235,7 @@ func u32(b []byte) uint32 {
 // whatever its next hop; nhid, when not 0, is the nexthop object only that route used,
 // deleted in the same request after it. nhErr is the object's answer.
 func (r *rtnl) RouteDelete(rt *nlRoute, nhid uint32) (nhErr, err error) {
-	body := make([]byte, unix.SizeofRtMsg, 48)
-	body[0] = unix.AF_INET
-	if rt.Dst != nil {
-		ones, _ := rt.Dst.Mask.Size()
-		body[1] = byte(ones)
-	}
-	body[4] = byte(unix.RT_TABLE_MAIN)
-	body[5] = byte(rt.Protocol)
+	body := rtMsg(rt.Dst, int(rt.Protocol), 48)
 	body[6] = byte(unix.RT_SCOPE_NOWHERE) // match whatever the scope
 	a := attrs(body)
 	if rt.Dst != nil {
