@@ -96,6 +96,7 @@ type Syncer struct {
 	opts   SyncerOptions
 	// wantedHandles holds the keys of OnlyHandles; nil when every handle is wanted.
 	wantedHandles map[string]bool
+	handlePrefix  string
 
 	mu      sync.Mutex
 	subs    map[chan *Snapshot]struct{}
@@ -121,6 +122,7 @@ func NewSyncerWithOptions(c *Client, log *slog.Logger, opts SyncerOptions) *Sync
 		opts:   opts.withDefaults(),
 		subs:   map[chan *Snapshot]struct{}{},
 	}
+	s.handlePrefix = c.Keys.HandlePrefix()
 	if len(opts.OnlyHandles) > 0 {
 		s.wantedHandles = map[string]bool{}
 		for _, id := range opts.OnlyHandles {
@@ -141,7 +143,7 @@ func (s *Syncer) listRanges() []keyRange {
 	if s.wantedHandles == nil {
 		return []keyRange{{root, rootEnd}}
 	}
-	hp := s.client.Keys.HandlePrefix()
+	hp := s.handlePrefix
 	ranges := []keyRange{{root, hp}}
 	for _, key := range slices.Sorted(maps.Keys(s.wantedHandles)) {
 		ranges = append(ranges, keyRange{key, key + "\x00"})
@@ -151,7 +153,7 @@ func (s *Syncer) listRanges() []keyRange {
 
 // wanted reports whether the snapshot carries key (see OnlyHandles).
 func (s *Syncer) wanted(key string) bool {
-	return s.wantedHandles == nil || s.wantedHandles[key] || !strings.HasPrefix(key, s.client.Keys.HandlePrefix())
+	return s.wantedHandles == nil || s.wantedHandles[key] || !strings.HasPrefix(key, s.handlePrefix)
 }
 
 // Subscribe returns a channel of snapshots and a function that ends the subscription.
