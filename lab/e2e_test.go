@@ -81,7 +81,8 @@ func newE2ELab(t *testing.T) *e2eLab {
 	t.Helper()
 	requireRoot(t)
 	if testing.Short() {
-		t.Skip("end-to-end suite: not run with -short")
+		t.Skip("end-to-end suite (builds the binaries, runs etcd and a tabbyd per host of the " +
+			"articles' lab, about a minute): not run with -short (make test-unit); make test runs it")
 	}
 	bin := e2eBinaries(t)
 	b := make([]byte, 3)
@@ -148,7 +149,10 @@ func (l *e2eLab) checkGone(t *testing.T) {
 func (l *e2eLab) setMode(t *testing.T, m Mode) {
 	t.Helper()
 	if m.UsesIPIP() && !l.hasIPIP {
-		t.Skip(NoIPIPMessage)
+		t.Skipf("mode %s not run end to end: this %s. Tested instead: the routes and tunl0 of "+
+			"IPIP and CrossSubnet in routing's fake-kernel tests (TestKernelGolden), and, in the "+
+			"Debian VM of `make test-vm`, real IP-in-IP packets between namespaces programmed "+
+			"as tabbyd programs them and routing's tunl0 root test", m, NoIPIPMessage)
 	}
 	if l.mode == m {
 		return
