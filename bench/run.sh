@@ -80,6 +80,7 @@ bench JoinLeave5000 "$(reps 20x 5x)"
 bench Memory5000 "$(reps 3x 1x)"
 bench Mesh50 "$(reps 3x 1x)"
 bench Datapath "$(reps 3x 1x)"
+bench DatapathJumbo "$(reps 3x 1x)"
 bench Restart "$(reps 3x 1x)"
 
 echo "== summary (load at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
