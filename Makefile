@@ -50,10 +50,18 @@ lint: $(STATICCHECK)
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-# Every test: unit, etcd, root network-namespace and end-to-end tests.
+# Every test: unit, etcd, root network-namespace and end-to-end tests; the short ones
+# again under the race detector; the VM tests.
 test: deps lint build check-ansible
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) test-race
 	$(MAKE) test-vm
+
+# The -short tests under the race detector (about 2 minutes on 2 cores): the daemon's
+# subsystems, the syncer and the BGP speaker run in goroutines of their own.
+.PHONY: test-race
+test-race: deps
+	$(GO) test -race -short -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # VM tests (lab/vm/run.sh): tabby's code inside qemu on Debian's stock kernel, which has the
 # ipip module these machines' kernel lacks. Downloads and the unpacked kernel are cached in
