@@ -12,8 +12,9 @@ STATICCHECK_VERSION := v0.8.2
 # lets the host, the tests and the VM share one build cache.
 export CGO_ENABLED := 0
 
-# Debian packages the tests, the lab and the demo use.
-APT_PACKAGES := iproute2 iptables ipset nftables bird2 iputils-ping etcd-server etcd-client iperf3 tcpdump procps util-linux systemd
+# Debian packages the tests, the lab and the demo use (gcc and libc6-dev: the race
+# detector needs cgo).
+APT_PACKAGES := iproute2 iptables ipset nftables bird2 iputils-ping etcd-server etcd-client iperf3 tcpdump procps util-linux systemd gcc libc6-dev
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build deps test test-unit lint demo clean fmt
@@ -58,10 +59,11 @@ test: deps lint build check-ansible
 	$(MAKE) test-vm
 
 # The -short tests under the race detector (about 2 minutes on 2 cores): the daemon's
-# subsystems, the syncer and the BGP speaker run in goroutines of their own.
+# subsystems, the syncer and the BGP speaker run in goroutines of their own. The race
+# detector's runtime is C, hence cgo here alone.
 .PHONY: test-race
 test-race: deps
-	$(GO) test -race -short -count=1 -timeout $(TEST_TIMEOUT) ./...
+	CGO_ENABLED=1 $(GO) test -race -short -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # VM tests (lab/vm/run.sh): tabby's code inside qemu on Debian's stock kernel, which has the
 # ipip module these machines' kernel lacks. Downloads and the unpacked kernel are cached in
