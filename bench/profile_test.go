@@ -127,15 +127,42 @@ func (e *env) startProfiled(host, logName, dir string, cpuSeconds int, o tabbydO
 	}, o.env...), os.Args[0])
 }
 
+// profileDir is TABBY_BENCH_PROFILE_DIR, or its subdirectory sub (made here); the
+// profiling benchmarks skip when it is unset, since they only write profiles.
+func profileDir(b *testing.B, sub string) string {
+	b.Helper()
+	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
+	if dir == "" {
+		b.Skip("profiles only: TABBY_BENCH_PROFILE_DIR names their directory (bench/profile.sh sets it)")
+	}
+	dir = filepath.Join(dir, sub)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+// convergedProfiled starts etcd with 5,000 nodes and a profiled tabbyd on a joining host,
+// and returns once every route is in that host's kernel.
+func convergedProfiled(ctx context.Context, b *testing.B, logName, dir string) (*datastore.Client, *routeWatch, *proc) {
+	b.Helper()
+	e := newEnv(b, "joiner")
+	c := e.startEtcd(ctx)
+	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
+	w := watchRoutes(b, e.hostNS("joiner"))
+	p := e.startProfiled("joiner", logName, dir, 0, tabbydOptions{})
+	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
+		b.Fatalf("%v\n%s", err, p.tail(30))
+	}
+	return c, w, p
+}
+
 // BenchmarkProfileStartup5000 profiles a joining tabbyd (BenchmarkStartup5000's scenario)
 // with tabbydChild: a CPU profile of its first seconds and heap profiles once every route
 // is in and again a few seconds later. It runs only when TABBY_BENCH_PROFILE_DIR names
 // the directory for the profiles (bench/profile.sh sets it and prints the top entries).
 func BenchmarkProfileStartup5000(b *testing.B) {
-	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
-	if dir == "" {
-		b.Skip("TABBY_BENCH_PROFILE_DIR is not set")
-	}
+	dir := profileDir(b, "")
 	ctx := context.Background()
 	e := newEnv(b, "joiner")
 	c := e.startEtcd(ctx)
@@ -175,19 +202,9 @@ func perBlockFromEnv() int {
 // BenchmarkPropagation1000's paced writes arrive: the CPU profile covers the writes only.
 // It runs only when TABBY_BENCH_PROFILE_DIR is set.
 func BenchmarkProfileWrites5000(b *testing.B) {
-	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
-	if dir == "" {
-		b.Skip("TABBY_BENCH_PROFILE_DIR is not set")
-	}
+	dir := profileDir(b, "")
 	ctx := context.Background()
-	e := newEnv(b, "joiner")
-	c := e.startEtcd(ctx)
-	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
-	w := watchRoutes(b, e.hostNS("joiner"))
-	p := e.startProfiled("joiner", "tabbyd-profile-writes", dir, 0, tabbydOptions{})
-	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
-		b.Fatalf("%v\n%s", err, p.tail(30))
-	}
+	c, w, p := convergedProfiled(ctx, b, "tabbyd-profile-writes", dir)
 	ew := watchEtcd(ctx, b, c, c.Keys.BlockPrefix())
 	time.Sleep(time.Second)
 	for b.Loop() {
@@ -209,23 +226,9 @@ const joinLeaveCycles = 100
 // difference in alloc_space is what the changes allocated. Its profiles go to the
 // subdirectory joinleave of TABBY_BENCH_PROFILE_DIR; it runs only when that is set.
 func BenchmarkProfileJoinLeave5000(b *testing.B) {
-	dir := os.Getenv("TABBY_BENCH_PROFILE_DIR")
-	if dir == "" {
-		b.Skip("TABBY_BENCH_PROFILE_DIR is not set")
-	}
-	dir = filepath.Join(dir, "joinleave")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.Fatal(err)
-	}
+	dir := profileDir(b, "joinleave")
 	ctx := context.Background()
-	e := newEnv(b, "joiner")
-	c := e.startEtcd(ctx)
-	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
-	w := watchRoutes(b, e.hostNS("joiner"))
-	p := e.startProfiled("joiner", "tabbyd-profile-joinleave", dir, 0, tabbydOptions{})
-	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
-		b.Fatalf("%v\n%s", err, p.tail(30))
-	}
+	c, w, p := convergedProfiled(ctx, b, "tabbyd-profile-joinleave", dir)
 	time.Sleep(2 * time.Second) // let start-up's after-effects (GC, first metrics) pass
 	k := c.Keys
 	for b.Loop() {
