@@ -194,17 +194,9 @@ func BenchmarkJoin5000(b *testing.B) {
 
 // BenchmarkDesired measures the pure desired-state computation for 5,000 nodes.
 func BenchmarkDesired(b *testing.B) {
-	for _, mode := range []struct {
-		name        string
-		ipip, vxlan datastore.EncapMode
-	}{
-		{"vxlan", datastore.EncapNever, datastore.EncapAlways},
-		{"ipip-crosssubnet", datastore.EncapCrossSubnet, datastore.EncapNever},
-		{"direct", datastore.EncapNever, datastore.EncapNever},
-	} {
+	for _, mode := range scaleModes {
 		b.Run("nodes=5000/"+mode.name, func(b *testing.B) {
-			snap := bigCluster(5000, mode.vxlan)
-			snap.s.Pools["big"].Spec.IPIPMode = mode.ipip
+			snap := bigClusterIn(5000, mode)
 			local := worker1
 			local.Underlay = append(local.Underlay, UnderlayRoute{Dst: netip.MustParsePrefix("10.30.0.0/16"), Dev: "ens5"})
 			b.ReportAllocs()

@@ -115,10 +115,22 @@ func fakeLocal(t testing.TB, fk *fakeKernel) Local {
 	return Local{NodeName: "worker-1", NIC: nic, HostMTU: mtu, Underlay: underlay}
 }
 
-var articleModes = []struct {
+// poolMode is one way a pool carries traffic between hosts: its ipipMode and vxlanMode.
+type poolMode struct {
 	name        string
 	ipip, vxlan datastore.EncapMode
-}{
+}
+
+// scaleModes are the modes whose routes differ in kind at scale: through vxlan.tabby,
+// IP-in-IP across subnets (every node of bigCluster shares one subnet: direct routes
+// from the CrossSubnet code path), and direct.
+var scaleModes = []poolMode{
+	{"vxlan", datastore.EncapNever, datastore.EncapAlways},
+	{"ipip-crosssubnet", datastore.EncapCrossSubnet, datastore.EncapNever},
+	{"direct", datastore.EncapNever, datastore.EncapNever},
+}
+
+var articleModes = []poolMode{
 	{"ipip", datastore.EncapAlways, datastore.EncapNever},
 	{"crosssubnet", datastore.EncapCrossSubnet, datastore.EncapNever},
 	{"direct", datastore.EncapNever, datastore.EncapNever},
@@ -519,6 +531,13 @@ func tail(s []string, n int) []string { return s[max(0, len(s)-n):] }
 
 // bigCluster is worker-1 plus n-1 remote nodes in 10.30.0.0/16, each owning one /26 of
 // 10.128.0.0/9.
+// bigClusterIn is bigCluster with its pool in mode m.
+func bigClusterIn(n int, m poolMode) *snapBuilder {
+	b := bigCluster(n, m.vxlan)
+	b.s.Pools["big"].Spec.IPIPMode = m.ipip
+	return b
+}
+
 func bigCluster(n int, vxlan datastore.EncapMode) *snapBuilder {
 	b := newSnap().pool("big", "10.128.0.0/9", datastore.EncapNever, vxlan)
 	for i := range n {

@@ -242,17 +242,9 @@ func TestPlannerMatchesDesired(t *testing.T) {
 // TestPlannerLargeCluster checks joins and leaves among many nodes, in every mode, and that
 // an unchanged snapshot hands back the very same lists.
 func TestPlannerLargeCluster(t *testing.T) {
-	for _, mode := range []struct {
-		name        string
-		ipip, vxlan datastore.EncapMode
-	}{
-		{"vxlan", datastore.EncapNever, datastore.EncapAlways},
-		{"ipip-crosssubnet", datastore.EncapCrossSubnet, datastore.EncapNever},
-		{"direct", datastore.EncapNever, datastore.EncapNever},
-	} {
+	for _, mode := range scaleModes {
 		t.Run(mode.name, func(t *testing.T) {
-			big := bigCluster(300, mode.vxlan)
-			big.s.Pools["big"].Spec.IPIPMode = mode.ipip
+			big := bigClusterIn(300, mode)
 			local := worker1
 			local.Underlay = append(local.Underlay, UnderlayRoute{Dst: netip.MustParsePrefix("10.30.0.0/16"), Dev: "ens5"})
 			var p Planner
@@ -297,22 +289,14 @@ func TestPlannerLargeCluster(t *testing.T) {
 // per change. Each operation is one join or one leave. "changes" snapshots carry the
 // syncer's change list; "compared" ones do not, and the Planner compares their maps.
 func BenchmarkPlannerJoinLeave(b *testing.B) {
-	for _, mode := range []struct {
-		name        string
-		ipip, vxlan datastore.EncapMode
-	}{
-		{"vxlan", datastore.EncapNever, datastore.EncapAlways},
-		{"ipip-crosssubnet", datastore.EncapCrossSubnet, datastore.EncapNever},
-		{"direct", datastore.EncapNever, datastore.EncapNever},
-	} {
+	for _, mode := range scaleModes {
 		for _, listed := range []bool{true, false} {
 			name := "nodes=5000/" + mode.name + "/compared"
 			if listed {
 				name = "nodes=5000/" + mode.name + "/changes"
 			}
 			b.Run(name, func(b *testing.B) {
-				before, after := bigCluster(5000, mode.vxlan).s, bigCluster(5001, mode.vxlan).s
-				before.Pools["big"].Spec.IPIPMode = mode.ipip
+				before, after := bigClusterIn(5000, mode).s, bigCluster(5001, mode.vxlan).s
 				// after shares every object of before but the new node's, and the pools
 				// map, as consecutive snapshots of the syncer do.
 				after.Pools = before.Pools
