@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -117,20 +118,33 @@ func (r iperf3Run) cpuPerGB(seconds int) (all, softirq float64) {
 }
 
 // iperf3 runs one TCP test from pod `from` to pod `to` of the lab.
-func iperf3(ctx context.Context, tb testing.TB, c *lab.Cluster, from, to string, seconds int) iperf3Run {
+func iperf3(ctx context.Context, tb testing.TB, c *lab.Cluster, from, to string, seconds int, cpus hostCPUs) iperf3Run {
 	tb.Helper()
 	ip, err := c.WorkloadIP(to)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return iperf3Between(ctx, tb, c.PodNS(from), c.PodNS(to), ip.String(), seconds)
+	return iperf3Between(ctx, tb, c.PodNS(from), c.PodNS(to), ip.String(), seconds, cpus)
+}
+
+// hostCPUs gives each of a test's two hosts a CPU of its own (the first host the first
+// CPU); nil leaves packets and processes wherever the kernel puts them.
+type hostCPUs []int
+
+// iperf3Args adds iperf3's CPU affinity (-A) for the host with index host.
+func (h hostCPUs) iperf3Args(host int, args ...string) []string {
+	if h == nil {
+		return args
+	}
+	return append(args, "-A", strconv.Itoa(h[host]))
 }
 
 // iperf3Between runs one TCP test of seconds from namespace from to the address dst in
-// namespace to, the server started for this one test (-1).
-func iperf3Between(ctx context.Context, tb testing.TB, from, to, dst string, seconds int) iperf3Run {
+// namespace to, the server started for this one test (-1); with cpus, the client runs on
+// the first host's CPU and the server on the second's.
+func iperf3Between(ctx context.Context, tb testing.TB, from, to, dst string, seconds int, cpus hostCPUs) iperf3Run {
 	tb.Helper()
-	srv := lab.Command(to, "iperf3", "-s", "-1", "-B", dst)
+	srv := lab.Command(to, "iperf3", cpus.iperf3Args(1, "-s", "-1", "-B", dst)...)
 	if err := srv.Start(); err != nil {
 		tb.Fatal(err)
 	}
@@ -140,7 +154,7 @@ func iperf3Between(ctx context.Context, tb testing.TB, from, to, dst string, sec
 	var spurious int64
 	for attempt := 0; ; attempt++ {
 		before, dsackBefore := machineCPU(tb), counters(ctx, tb, from, "/proc/net/netstat", "TcpExt", "TCPDSACKRecvSegs")
-		out, err := nsRun(ctx, from, "iperf3", "-c", dst, "-t", strconv.Itoa(seconds), "-J")
+		out, err := nsRun(ctx, from, "iperf3", cpus.iperf3Args(0, "-c", dst, "-t", strconv.Itoa(seconds), "-J")...)
 		cpu = machineCPU(tb).sub(before)
 		spurious = counters(ctx, tb, from, "/proc/net/netstat", "TcpExt", "TCPDSACKRecvSegs") - dsackBefore
 		r = iperf3Result{}
@@ -278,6 +292,30 @@ func recreatePods(ctx context.Context, tb testing.TB, c *lab.Cluster) {
 	}
 }
 
+// processOn makes the CPU cpu process every packet that enters the namespaces (Receive
+// Packet Steering on each of their devices but lo): the namespaces of one lab host, its
+// own and its pods', so that its packet work runs on its own CPU as on a machine of its
+// own. Without it a veth hands a packet to the CPU that sent it, and one CPU carries a
+// flow through both hosts. sysfs shows a namespace's devices only when mounted from
+// inside it, which `ip netns exec` does; the root namespace's devices are never touched.
+func processOn(ctx context.Context, tb testing.TB, cpu int, namespaces ...string) {
+	tb.Helper()
+	mask := strconv.FormatUint(1<<cpu, 16)
+	for _, ns := range namespaces {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "sh", "-euc", `
+			n=0
+			for f in /sys/class/net/*/queues/rx-*/rps_cpus; do
+				case $f in /sys/class/net/lo/*) continue ;; esac
+				echo "$1" > "$f"
+				n=$((n + 1))
+			done
+			[ "$n" -gt 0 ] || { echo "no device to steer" >&2; exit 1; }`, "sh", mask).CombinedOutput()
+		if err != nil {
+			tb.Fatalf("steer the packets of %s to CPU %d: %v: %s", ns, cpu, err, out)
+		}
+	}
+}
+
 // BenchmarkDatapath (issue 8, figure 7): iperf3 TCP between pod-1 (worker-1) and pod-2
 // (worker-2) of the articles' lab, over Direct and over VXLAN, alternately; the pods are
 // plugged in again after each mode switch so that they use that mode's published pod
@@ -288,26 +326,50 @@ func recreatePods(ctx context.Context, tb testing.TB, c *lab.Cluster) {
 // iteration, tells how much of the difference is the kernel's. Every run also records
 // the machine's CPU time per gigabyte moved and how many retransmissions the receiver
 // reported as duplicates (reordered, not lost). Goal: VXLAN ≥ 0.85 × Direct.
-func BenchmarkDatapath(b *testing.B) { benchmarkDatapath(b, 0) }
+func BenchmarkDatapath(b *testing.B) { benchmarkDatapath(b, 0, false) }
 
 // BenchmarkDatapathJumbo is BenchmarkDatapath on a fabric of MTU 9001, the MTU of EC2
 // instances inside a VPC, where the articles' clusters run: pod MTU 9001 Direct, 8951
 // VXLAN (Calico's figure on AWS).
-func BenchmarkDatapathJumbo(b *testing.B) { benchmarkDatapath(b, ec2MTU) }
+func BenchmarkDatapathJumbo(b *testing.B) { benchmarkDatapath(b, ec2MTU, false) }
+
+// BenchmarkDatapathHostCPU is BenchmarkDatapath with each of the two hosts on a CPU of
+// its own, as two machines would be: every packet entering worker-1 or pod-1 is
+// processed on CPU 0, every one entering worker-2 or pod-2 on CPU 1 (processOn), and the
+// iperf3 client and server run on their host's CPU. So VXLAN's encapsulation costs the
+// sending host's CPU and its decapsulation the receiving host's, where on the shared
+// path both land on the one CPU that carries the flow. The hand-made path is measured the
+// same way.
+func BenchmarkDatapathHostCPU(b *testing.B) {
+	if runtime.NumCPU() < 2 {
+		b.Skipf("one CPU per lab host needs 2 CPUs, this machine has %d; BenchmarkDatapath measures the shared path", runtime.NumCPU())
+	}
+	benchmarkDatapath(b, 0, true)
+}
 
 // ec2MTU is the MTU of an EC2 instance's network interface inside a VPC.
 const ec2MTU = 9001
 
 // benchmarkDatapath measures tabby's Direct and VXLAN paths on a lab of fabricMTU (0: the
-// lab's own 1500), and on the lab's MTU also the same path made by hand.
-func benchmarkDatapath(b *testing.B, fabricMTU int) {
+// lab's own 1500), and on the lab's MTU also the same path made by hand; with hostCPU,
+// each host on a CPU of its own.
+func benchmarkDatapath(b *testing.B, fabricMTU int, hostCPU bool) {
 	ctx := context.Background()
 	c := newLab(b, lab.ModeDirect, fabricMTU)
 	const seconds = 5
 	namespaces := []string{c.Topo.HostNS("worker-1"), c.Topo.HostNS("worker-2"), c.PodNS("pod-1"), c.PodNS("pod-2")}
+	var cpus hostCPUs
+	if hostCPU {
+		cpus = hostCPUs{0, 1}
+	}
 	var ref *kernelDatapath
 	if fabricMTU == 0 {
 		ref = newKernelDatapath(ctx, b)
+		if cpus != nil {
+			for i := range 2 {
+				processOn(ctx, b, cpus[i], ref.host[i], ref.pod[i])
+			}
+		}
 	}
 	results := map[lab.Mode]*modeStats{lab.ModeDirect: {}, lab.ModeVXLAN: {}}
 	refResults := map[lab.Mode]*modeStats{lab.ModeDirect: {}, lab.ModeVXLAN: {}}
@@ -321,6 +383,10 @@ func benchmarkDatapath(b *testing.B, fabricMTU int) {
 				b.Fatal(err)
 			}
 			recreatePods(ctx, b, c)
+			if cpus != nil {
+				processOn(ctx, b, cpus[0], c.Topo.HostNS("worker-1"), c.PodNS("pod-1"))
+				processOn(ctx, b, cpus[1], c.Topo.HostNS("worker-2"), c.PodNS("pod-2"))
+			}
 			published, eth0 := podMTU(ctx, b, c, "worker-1", "pod-1")
 			ip2, err := c.WorkloadIP("pod-2")
 			if err != nil {
@@ -332,7 +398,7 @@ func benchmarkDatapath(b *testing.B, fabricMTU int) {
 			for _, ns := range namespaces {
 				before += fragCounters(ctx, b, ns)
 			}
-			results[mode].add(iperf3(ctx, b, c, "pod-1", "pod-2", seconds), seconds)
+			results[mode].add(iperf3(ctx, b, c, "pod-1", "pod-2", seconds, cpus), seconds)
 			var after int64
 			for _, ns := range namespaces {
 				after += fragCounters(ctx, b, ns)
@@ -347,29 +413,32 @@ func benchmarkDatapath(b *testing.B, fabricMTU int) {
 		if ref != nil {
 			for _, mode := range []lab.Mode{lab.ModeDirect, lab.ModeVXLAN} {
 				ref.setMode(ctx, b, mode)
-				refResults[mode].add(ref.measure(ctx, b, seconds), seconds)
+				refResults[mode].add(ref.measure(ctx, b, seconds, cpus), seconds)
 			}
 		}
 	}
-	name := "datapath"
+	name, where := "datapath", ""
 	if fabricMTU != 0 {
 		name = fmt.Sprintf("datapath-%d", fabricMTU)
+	}
+	if cpus != nil {
+		name, where = name+"-hostcpu", ", each host on a CPU of its own"
 	}
 	direct, vxlan := results[lab.ModeDirect], results[lab.ModeVXLAN]
 	ratio := vxlan.gbps.median() / direct.gbps.median()
 	reportMedian(b, direct.gbps, "direct-Gbit/s")
 	reportMedian(b, vxlan.gbps, "vxlan-Gbit/s")
 	b.ReportMetric(ratio, "vxlan/direct")
-	figure(b, name, "iperf3 TCP pod-1 → pod-2, %d s, fabric MTU %d: VXLAN %s Gbit/s (retransmits %s, of them reported received twice %s) | reference Direct %s Gbit/s (retransmits %s, received twice %s) | ratio %.2f | goal ≥ 0.85: %s",
-		seconds, c.Topo.MTU, vxlan.gbps, vxlan.retrans, vxlan.spurious, direct.gbps, direct.retrans, direct.spurious, ratio, verdict(ratio >= 0.85))
+	figure(b, name, "iperf3 TCP pod-1 → pod-2, %d s, fabric MTU %d%s: VXLAN %s Gbit/s (retransmits %s, of them reported received twice %s) | reference Direct %s Gbit/s (retransmits %s, received twice %s) | ratio %.2f | goal ≥ 0.85: %s",
+		seconds, c.Topo.MTU, where, vxlan.gbps, vxlan.retrans, vxlan.spurious, direct.gbps, direct.retrans, direct.spurious, ratio, verdict(ratio >= 0.85))
 	cpu := fmt.Sprintf("machine CPU per GB moved (both cores, ms; of it softirq): tabby Direct %s (%s), VXLAN %s (%s)",
 		direct.cpu, direct.softirq, vxlan.cpu, vxlan.softirq)
 	if ref != nil {
 		refDirect, refVXLAN := refResults[lab.ModeDirect], refResults[lab.ModeVXLAN]
 		refRatio := refVXLAN.gbps.median() / refDirect.gbps.median()
 		b.ReportMetric(refRatio, "kernel-vxlan/direct")
-		figure(b, name+"-ref", "kernel only, no tabby: the lab's path made by hand (pod, forwarding host, bridge, forwarding host, pod; a vxlan device set up as vxlan.tabby; conntrack on): VXLAN %s Gbit/s, Direct %s Gbit/s, ratio %.2f",
-			refVXLAN.gbps, refDirect.gbps, refRatio)
+		figure(b, name+"-ref", "kernel only, no tabby: the lab's path made by hand (pod, forwarding host, bridge, forwarding host, pod; a vxlan device set up as vxlan.tabby; conntrack on)%s: VXLAN %s Gbit/s, Direct %s Gbit/s, ratio %.2f",
+			where, refVXLAN.gbps, refDirect.gbps, refRatio)
 		cpu += fmt.Sprintf(" | kernel only Direct %s (%s), VXLAN %s (%s)", refDirect.cpu, refDirect.softirq, refVXLAN.cpu, refVXLAN.softirq)
 	}
 	figure(b, name+"-cpu", "%s", cpu)
@@ -560,7 +629,7 @@ func (k *kernelDatapath) setMode(ctx context.Context, tb testing.TB, mode lab.Mo
 }
 
 // measure runs iperf3 from the first pod to the second.
-func (k *kernelDatapath) measure(ctx context.Context, tb testing.TB, seconds int) iperf3Run {
+func (k *kernelDatapath) measure(ctx context.Context, tb testing.TB, seconds int, cpus hostCPUs) iperf3Run {
 	tb.Helper()
-	return iperf3Between(ctx, tb, k.pod[0], k.pod[1], kernelPodIP(1), seconds)
+	return iperf3Between(ctx, tb, k.pod[0], k.pod[1], kernelPodIP(1), seconds, cpus)
 }

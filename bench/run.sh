@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — every figure of issue 8, each printed next to a reference measured in the
 # same run, as root, inside network namespaces the benchmarks create and remove. `make
-# bench` runs it after `make build` (the benchmarks start bin/tabbyd). About 8 minutes.
+# bench` runs it after `make build` (the benchmarks start bin/tabbyd). About 9 minutes.
 #
 #   bench/run.sh                 # everything
 #   BENCH='Startup|Memory' bench/run.sh   # only the benchmarks that match ("routing" for
@@ -81,6 +81,7 @@ bench Memory5000 "$(reps 3x 1x)"
 bench Mesh50 "$(reps 3x 1x)"
 bench Datapath "$(reps 3x 1x)"
 bench DatapathJumbo "$(reps 3x 1x)"
+bench DatapathHostCPU "$(reps 3x 1x)"
 bench Restart "$(reps 3x 1x)"
 
 echo "== summary (load at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
