@@ -1,11 +1,13 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -35,13 +37,36 @@ func killHard(pid int) error {
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		return fmt.Errorf("kill -9 %d: %w", pid, err)
 	}
-	for i := 0; i < 1000 && pidRuns(pid, ""); i++ {
+	// A killed process exits only once each of its threads leaves the kernel, and a thread
+	// in uninterruptible sleep (etcd's fsync on a busy disk) may take seconds to.
+	const wait = 30 * time.Second
+	for deadline := time.Now().Add(wait); pidRuns(pid, "") && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if pidRuns(pid, "") {
-		return fmt.Errorf("kill -9 %d: still exiting after 10 s", pid)
+		return fmt.Errorf("kill -9 %d: still exiting after %v; its threads: %s", pid, wait, threadStates(pid))
 	}
 	return nil
+}
+
+// threadStates lists a process's threads as "tid state wchan", to tell what a process
+// that does not exit waits for.
+func threadStates(pid int) string {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, task := range tasks {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, task.Name()))
+		state := "?"
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) {
+			state = string(stat[i+2])
+		}
+		out = append(out, fmt.Sprintf("%s %s %s", task.Name(), state, wchan))
+	}
+	return strings.Join(out, ", ")
 }
 
 // readiness fetches http://127.0.0.1:9099/readiness from inside a namespace: whether it
