@@ -25,10 +25,12 @@ import (
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		t.Skip("programs a real kernel, which needs root to create network namespaces; " +
+			"tested instead: the same reconciler against the fake kernel (kernel_test.go)")
 	}
 	if testing.Short() {
-		t.Skip("kernel test: not in -short mode")
+		t.Skip("programs a real kernel in a namespace: not with -short (make test-race); " +
+			"make test runs it without -short, and the fake-kernel tests (kernel_test.go) run here")
 	}
 }
 
