@@ -74,6 +74,15 @@ func stopPID(pid int, wantExe string, grace time.Duration) error {
 	return nil
 }
 
+// procState reads the state letter of a /proc/<pid>/stat or task stat line ('?' if there
+// is none): it follows the parenthesised command name, which may itself hold parentheses.
+func procState(stat []byte) byte {
+	if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) {
+		return stat[i+2]
+	}
+	return '?'
+}
+
 // pidRuns reports whether pid is alive and, when wantExe is set, runs a program of that
 // base name, so that a recycled PID is never killed. A zombie is alive while any of its
 // threads is still exiting: the main thread of a killed Go program turns zombie first, and
@@ -84,8 +93,7 @@ func pidRuns(pid int, wantExe string) bool {
 	if err != nil {
 		return false
 	}
-	// The state follows the parenthesised command name.
-	if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+	if procState(stat) == 'Z' {
 		threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 		return err == nil && len(threads) > 1
 	}

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -60,11 +59,7 @@ func threadStates(pid int) string {
 	for _, task := range tasks {
 		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
 		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, task.Name()))
-		state := "?"
-		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) {
-			state = string(stat[i+2])
-		}
-		out = append(out, fmt.Sprintf("%s %s %s", task.Name(), state, wchan))
+		out = append(out, fmt.Sprintf("%s %c %s", task.Name(), procState(stat), wchan))
 	}
 	return strings.Join(out, ", ")
 }
