@@ -14,10 +14,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/tabby-net/tabby/bgp"
 	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/nat"
 	"github.com/tabby-net/tabby/routing"
-	"github.com/tabby-net/tabby/routing/bgp"
 )
 
 // Cleanup removes everything tabby installed on this host, in the calling process's

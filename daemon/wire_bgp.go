@@ -8,11 +8,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tabby-net/tabby/bgp"
 	"github.com/tabby-net/tabby/daemon/metrics"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/routing"
-	"github.com/tabby-net/tabby/routing/bgp"
 )
 
 // bgpSub feeds the BGP speaker (SPEC §7). The speaker is started only once some BGP is

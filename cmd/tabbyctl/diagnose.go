@@ -12,9 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tabby-net/tabby/cmd/tabbyctl/internal/diagnose"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
-	"github.com/tabby-net/tabby/routing/diagnose"
 )
 
 // newNodeDiagnoseCmd is `tabbyctl node diagnose` (SPEC §11): it checks from this host what

@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tabby-net/tabby/cmd/tabbyctl/internal/peertable"
 	"github.com/tabby-net/tabby/internal/statusapi"
-	"github.com/tabby-net/tabby/routing/bgp/peertable"
 )
 
 // statusTimeout bounds the wait for the local tabbyd's status socket.

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/cmd/tabbyctl/internal/peertable"
 	"github.com/tabby-net/tabby/internal/statusapi"
-	"github.com/tabby-net/tabby/routing/bgp/peertable"
 )
 
 // serveStatus answers the status socket with st, as tabbyd does.

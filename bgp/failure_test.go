@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/bgp"
+	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
-	"github.com/tabby-net/tabby/routing/bgp"
-	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
 
 // TestSessionFailures: a wrong MD5 password, a closed TCP 179 and an AS mismatch each keep

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
-	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
 
 // cluster builds snapshots for the integration tests: one pool 10.244.0.0/16 (Direct),

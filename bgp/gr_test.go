@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/bgp"
+	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
-	"github.com/tabby-net/tabby/routing/bgp"
-	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
 
 // birdProtocol returns `birdc show protocols all <name>`.

@@ -21,11 +21,11 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tabby-net/tabby/bgp"
+	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/routing"
-	"github.com/tabby-net/tabby/routing/bgp"
-	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
 
 // The integration tests run each tabby speaker as a separate process inside its own

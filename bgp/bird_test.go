@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
-	"github.com/tabby-net/tabby/routing/bgp/internal/nettest"
 )
 
 // birdConfig renders a BIRD2 configuration: a router at routerID in AS as, originating
