@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tabby-net/tabby/internal/checksum"
 	"github.com/tabby-net/tabby/lab"
 )
 
@@ -69,7 +70,7 @@ func (p *pinger) send(interval time.Duration) {
 		binary.BigEndian.PutUint16(msg[4:], p.id)
 		binary.BigEndian.PutUint16(msg[6:], seq)
 		binary.BigEndian.PutUint64(msg[8:], uint64(time.Now().UnixNano()))
-		binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+		binary.BigEndian.PutUint16(msg[2:], checksum.Internet(msg))
 		p.mu.Lock()
 		p.sent++
 		p.mu.Unlock()
@@ -123,19 +124,4 @@ func (p *pinger) stopPinger() (sent, lost int, maxGap time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.sent, p.sent - len(p.replied), p.maxGap
-}
-
-// icmpChecksum is the Internet checksum of an ICMP message whose checksum field is zero.
-func icmpChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }

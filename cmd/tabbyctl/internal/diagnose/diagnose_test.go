@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/checksum"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
@@ -173,10 +174,10 @@ func TestDiagnose(t *testing.T) {
 func TestEchoPacketRoundTrip(t *testing.T) {
 	src, dst := netip.MustParseAddr("192.168.1.0"), netip.MustParseAddr("10.0.0.2")
 	pkt := echoPacket(src, dst, 0x1234, 1)
-	if checksum(pkt[:20]) != 0 {
+	if checksum.Internet(pkt[:20]) != 0 {
 		t.Error("IP header checksum does not verify")
 	}
-	if checksum(pkt[20:]) != 0 {
+	if checksum.Internet(pkt[20:]) != 0 {
 		t.Error("ICMP checksum does not verify")
 	}
 	// Turn it into the reply the peer would send.

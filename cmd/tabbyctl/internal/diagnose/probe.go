@@ -14,6 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/checksum"
 )
 
 // KernelProber probes with the host's own network stack: ping(8) for echo requests, TCP
@@ -186,7 +188,7 @@ func echoPacket(src, dst netip.Addr, id, seq uint16) []byte {
 	binary.BigEndian.PutUint16(icmp[4:], id)
 	binary.BigEndian.PutUint16(icmp[6:], seq)
 	copy(icmp[8:], "tabby node diagnose probe......")
-	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], checksum.Internet(icmp))
 	ip := make([]byte, 20)
 	ip[0] = 0x45
 	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(icmp)))
@@ -196,7 +198,7 @@ func echoPacket(src, dst netip.Addr, id, seq uint16) []byte {
 	s, d := src.As4(), dst.As4()
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], checksum.Internet(ip))
 	return append(ip, icmp...)
 }
 
@@ -215,18 +217,4 @@ func isEchoReply(pkt []byte, from, to netip.Addr, id uint16) bool {
 	}
 	icmp := pkt[ihl:]
 	return icmp[0] == 0 && binary.BigEndian.Uint16(icmp[4:]) == id
-}
-
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }
