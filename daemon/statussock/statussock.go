@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tabby-net/tabby/daemon/internal/httpserve"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
@@ -68,14 +69,7 @@ func Serve(ctx context.Context, l net.Listener, status func() statusapi.Status, 
 			log.Debug("status socket write", "err", err)
 		}
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx) //nolint:errcheck // best effort at exit
-	}()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := httpserve.Serve(ctx, l, mux, log); err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
 	return nil
