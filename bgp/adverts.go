@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // Advertisements computes the prefixes the local node originates (SPEC §7): each block it
@@ -18,7 +19,7 @@ func Advertisements(snap *datastore.Snapshot, localNode string) []netip.Prefix {
 	for cidr, block := range snap.Blocks {
 		out = append(out, blockAdverts(snap, cidr, block, localNode, exporting)...)
 	}
-	slices.SortFunc(out, comparePrefix)
+	slices.SortFunc(out, ipprefix.Compare)
 	return slices.Compact(out)
 }
 

@@ -1,8 +1,8 @@
 package bgp
 
 import (
-	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/datastore/selector"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
@@ -188,7 +189,7 @@ func newCluster(snap *datastore.Snapshot) *cluster {
 		defaultCfg: snap.BGPConfigs["default"],
 	}
 	defaultASN, defaultPort := nodeDefaults(c.defaultCfg)
-	for _, name := range sortedKeys(snap.Nodes) {
+	for _, name := range slices.Sorted(maps.Keys(snap.Nodes)) {
 		info := newNodeInfo(name, snap.Nodes[name], defaultASN, defaultPort, snap.BGPConfigs)
 		if info.problem != "" {
 			c.problem("Node/"+name, info.problem)
@@ -369,7 +370,7 @@ func (b *peerBuilder) reflect(p *Peer, peerClusterID string) {
 // (local node in scope → peers), then the reverse of each peering between tabby nodes
 // (local node is one of the peers → the nodes in scope).
 func (b *peerBuilder) bgpPeers() {
-	for _, name := range sortedKeys(b.snap.BGPPeers) {
+	for _, name := range slices.Sorted(maps.Keys(b.snap.BGPPeers)) {
 		bp := b.snap.BGPPeers[name]
 		res := "BGPPeer/" + name
 		spec := bp.Spec
@@ -577,24 +578,8 @@ func poolCIDRs(snap *datastore.Snapshot) []netip.Prefix {
 			out = append(out, p.Masked())
 		}
 	}
-	slices.SortFunc(out, comparePrefix)
+	slices.SortFunc(out, ipprefix.Compare)
 	return out
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // portSuffix renders ":port" for a non-default port, as the status table shows addresses.

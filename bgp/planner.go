@@ -1,11 +1,13 @@
 package bgp
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/cow"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // Planner computes Config and Advertisements for a succession of snapshots at the cost of
@@ -132,7 +134,7 @@ func (x *liveIndex) rebuild(snap *datastore.Snapshot) {
 		},
 	}
 	x.defaultASN, x.defaultPort = nodeDefaults(snap.BGPConfigs["default"])
-	for _, name := range sortedKeys(snap.Nodes) {
+	for _, name := range slices.Sorted(maps.Keys(snap.Nodes)) {
 		info := newNodeInfo(name, snap.Nodes[name], x.defaultASN, x.defaultPort, snap.BGPConfigs)
 		x.nodes[name] = info
 		x.sortedNodes = append(x.sortedNodes, info)
@@ -232,7 +234,7 @@ type liveAdverts struct {
 func (p *Planner) Advertisements(snap *datastore.Snapshot, localNode string) []netip.Prefix {
 	a := &p.adverts
 	exporting := exportingPools(snap)
-	slices.SortFunc(exporting, comparePrefix)
+	slices.SortFunc(exporting, ipprefix.Compare)
 	switch {
 	case a.snap == nil || a.localNode != localNode || !slices.Equal(a.exporting, exporting):
 		*a = liveAdverts{localNode: localNode, exporting: exporting, perBlock: map[netip.Prefix][]netip.Prefix{}, counts: map[netip.Prefix]int{}}
@@ -252,9 +254,9 @@ func (p *Planner) Advertisements(snap *datastore.Snapshot, localNode string) []n
 		}
 	}
 	a.snap = snap
-	keys := slices.SortedFunc(slices.Values(a.changed), comparePrefix)
+	keys := slices.SortedFunc(slices.Values(a.changed), ipprefix.Compare)
 	a.changed = a.changed[:0]
-	a.sorted = cow.Patch(a.sorted, slices.Compact(keys), func(p netip.Prefix) netip.Prefix { return p }, comparePrefix,
+	a.sorted = cow.Patch(a.sorted, slices.Compact(keys), func(p netip.Prefix) netip.Prefix { return p }, ipprefix.Compare,
 		func(p netip.Prefix) (netip.Prefix, bool) { return p, a.counts[p] > 0 })
 	return a.sorted
 }

@@ -15,6 +15,7 @@ import (
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
 
+	"github.com/tabby-net/tabby/internal/ipprefix"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
@@ -462,7 +463,7 @@ func (s *Speaker) publishLearned() {
 			out = append(out, r)
 		}
 	}
-	slices.SortFunc(out, func(a, b LearnedRoute) int { return comparePrefix(a.Prefix, b.Prefix) })
+	slices.SortFunc(out, func(a, b LearnedRoute) int { return ipprefix.Compare(a.Prefix, b.Prefix) })
 	if s.published != nil && slices.Equal(out, s.published) {
 		return
 	}
@@ -746,7 +747,7 @@ func (s *Speaker) Routes(ctx context.Context) ([]LearnedRoute, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list BGP table: %w", err)
 	}
-	slices.SortFunc(out, func(a, b LearnedRoute) int { return comparePrefix(a.Prefix, b.Prefix) })
+	slices.SortFunc(out, func(a, b LearnedRoute) int { return ipprefix.Compare(a.Prefix, b.Prefix) })
 	return out, firstErr
 }
 
@@ -755,7 +756,7 @@ func sortedPrefixes(m map[netip.Prefix]bool) []netip.Prefix {
 	for p := range m {
 		out = append(out, p)
 	}
-	slices.SortFunc(out, comparePrefix)
+	slices.SortFunc(out, ipprefix.Compare)
 	return out
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -290,7 +291,7 @@ func isListKind(kind string) bool {
 }
 
 func decodeList(v map[string]any, kind, where string) ([]Resource, error) {
-	for _, k := range sortedKeys(v) {
+	for _, k := range slices.Sorted(maps.Keys(v)) {
 		if k != "apiVersion" && k != "kind" && k != "metadata" && k != "items" {
 			return nil, fmt.Errorf("%s: %s: unknown field %q", where, kind, k)
 		}
@@ -414,7 +415,7 @@ func checkFields(v any, t reflect.Type, path string, fail func(field, format str
 		}
 		fields := jsonFields(t)
 		var unknown []string
-		for _, k := range sortedKeys(m) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			ft, ok := fields[k]
 			if !ok {
 				if t == objectMetaType && slices.Contains(metadataTolerated, k) {
@@ -431,7 +432,7 @@ func checkFields(v any, t reflect.Type, path string, fail func(field, format str
 			var msgs []string
 			for _, k := range unknown {
 				msg := strconv.Quote(joinPath(path, k))
-				for _, known := range sortedKeys(fields) {
+				for _, known := range slices.Sorted(maps.Keys(fields)) {
 					if strings.EqualFold(known, k) {
 						msg += fmt.Sprintf(" (did you mean %q?)", known)
 					}
@@ -459,7 +460,7 @@ func checkFields(v any, t reflect.Type, path string, fail func(field, format str
 		if !ok {
 			return nil
 		}
-		for _, k := range sortedKeys(m) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			if err := checkFields(m[k], t.Elem(), fmt.Sprintf("%s[%q]", path, k), fail); err != nil {
 				return err
 			}

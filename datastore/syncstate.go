@@ -104,7 +104,7 @@ func (st *syncState) relist(kvs []rawKV, rev int64) (*Snapshot, bool) {
 		for _, kv := range kvs {
 			listed[kv.key] = true
 		}
-		for _, key := range sortedKeys(st.revs) {
+		for _, key := range slices.Sorted(maps.Keys(st.revs)) {
 			if !listed[key] {
 				changes = append(changes, rawKV{key: key, modRev: rev, deleted: true})
 			}
@@ -479,7 +479,7 @@ func (st *syncState) shareHandleMap(m map[string]int, blocks int) map[string]int
 // mapKey renders a map's content as a string, the same for equal maps.
 func mapKey(m map[string]string) string {
 	var b strings.Builder
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		b.WriteString(k)
 		b.WriteByte(0)
 		b.WriteString(m[k])
@@ -574,7 +574,7 @@ func (st *syncState) resolvePools() map[string]*IPPool {
 
 func (st *syncState) problemList() []Problem {
 	out := make([]Problem, 0, len(st.problems))
-	for _, key := range sortedKeys(st.problems) {
+	for _, key := range slices.Sorted(maps.Keys(st.problems)) {
 		out = append(out, st.problems[key])
 	}
 	return out

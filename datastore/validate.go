@@ -3,6 +3,7 @@ package datastore
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"regexp"
@@ -114,7 +115,7 @@ func validateMeta(f *fieldErrors, r Resource) {
 			f.add("metadata.name", "%s", why)
 		}
 	}
-	for _, k := range sortedKeys(m.Labels) {
+	for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
 		field := fmt.Sprintf("metadata.labels[%q]", k)
 		if why := checkLabelKey(k); why != "" {
 			f.add(field, "%s", why)
@@ -435,13 +436,4 @@ func checkBareIPv4(f *fieldErrors, field, s string) {
 	if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
 		f.add(field, "%q is not an IPv4 address (without prefix length)", s)
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

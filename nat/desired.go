@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // Desired is the complete NAT state tabby wants on this host. It is computed from the
@@ -90,8 +91,8 @@ func (d Desired) normalize() (Desired, []error) {
 	}
 	n := Desired{MasqPools: clean(d.MasqPools)}
 	n.AllPools = append(clean(d.AllPools), n.MasqPools...)
-	slices.SortFunc(n.MasqPools, comparePrefix)
-	slices.SortFunc(n.AllPools, comparePrefix)
+	slices.SortFunc(n.MasqPools, ipprefix.Compare)
+	slices.SortFunc(n.AllPools, ipprefix.Compare)
 	n.MasqPools = slices.Compact(n.MasqPools)
 	n.AllPools = slices.Compact(n.AllPools)
 	for _, dev := range d.TunnelDevices {
@@ -111,11 +112,4 @@ func (d Desired) Equal(o Desired) bool {
 	return slices.Equal(d.MasqPools, o.MasqPools) &&
 		slices.Equal(d.AllPools, o.AllPools) &&
 		slices.Equal(d.TunnelDevices, o.TunnelDevices)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 func pool(cidr string, nat, disabled bool, ipip, vxlan datastore.EncapMode) *datastore.IPPool {
@@ -49,7 +50,7 @@ func TestNormalize(t *testing.T) {
 	if len(problems) != 4 {
 		t.Errorf("problems = %v, want the /0, the IPv6 pool and two bad device names", problems)
 	}
-	if !slices.IsSortedFunc(d.AllPools, comparePrefix) {
+	if !slices.IsSortedFunc(d.AllPools, ipprefix.Compare) {
 		t.Error("not sorted")
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // ipsetKernel is the part of netlink's ipset API tabby uses; *netlink.Handle implements it
@@ -74,7 +76,7 @@ func readSet(k ipsetKernel, name string) (setState, error) {
 		}
 		s.members = append(s.members, netip.PrefixFrom(addr.Unmap(), bits))
 	}
-	slices.SortFunc(s.members, comparePrefix)
+	slices.SortFunc(s.members, ipprefix.Compare)
 	return s, nil
 }
 
@@ -129,12 +131,12 @@ func prepareSet(k ipsetKernel, name string, want []netip.Prefix) (setDiff, error
 		return d, nil
 	}
 	for _, p := range want {
-		if _, found := slices.BinarySearchFunc(cur.members, p, comparePrefix); !found {
+		if _, found := slices.BinarySearchFunc(cur.members, p, ipprefix.Compare); !found {
 			d.add = append(d.add, p)
 		}
 	}
 	for _, p := range cur.members {
-		if _, found := slices.BinarySearchFunc(want, p, comparePrefix); !found {
+		if _, found := slices.BinarySearchFunc(want, p, ipprefix.Compare); !found {
 			d.del = append(d.del, p)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // fakeIPSets is an in-memory kernel ipset table that calls check after every change, so a
@@ -148,8 +150,8 @@ func TestSetUpdatesNeverOpenAWindow(t *testing.T) {
 			t.Fatal(err)
 		}
 		masq, all := f.members(MasqSetName), f.members(AllSetName)
-		slices.SortFunc(masq, comparePrefix)
-		slices.SortFunc(all, comparePrefix)
+		slices.SortFunc(masq, ipprefix.Compare)
+		slices.SortFunc(all, ipprefix.Compare)
 		if !slices.Equal(masq, next.MasqPools) || !slices.Equal(all, next.AllPools) {
 			t.Fatalf("step %d: sets %v / %v, want %v / %v", i, masq, all, next.MasqPools, next.AllPools)
 		}

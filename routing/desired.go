@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // Local is what Desired needs to know about the host it computes for, beyond the snapshot.
@@ -151,7 +152,7 @@ func Desired(snap *datastore.Snapshot, local Local, learned []LearnedRoute) Stat
 		a.problem(p)
 	}
 	cidrs := slices.AppendSeq(make([]netip.Prefix, 0, len(snap.Blocks)), maps.Keys(snap.Blocks))
-	slices.SortFunc(cidrs, comparePrefix)
+	slices.SortFunc(cidrs, ipprefix.Compare)
 	for _, cidr := range cidrs {
 		r.block(a, snap, cidr, snap.Blocks[cidr])
 	}
@@ -430,7 +431,7 @@ func (r *rules) lookup(ip netip.Addr) (UnderlayRoute, bool) {
 func (r *rules) learned(e emitter, learned []LearnedRoute, taken func(netip.Prefix) bool) {
 	sorted := slices.Clone(learned)
 	slices.SortFunc(sorted, func(x, y LearnedRoute) int {
-		if c := comparePrefix(x.Prefix, y.Prefix); c != 0 {
+		if c := ipprefix.Compare(x.Prefix, y.Prefix); c != 0 {
 			return c
 		}
 		return x.NextHop.Compare(y.NextHop)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // fakeKernel is an in-memory network namespace that answers the reconciler's netlink
@@ -418,7 +420,7 @@ func (fk *fakeKernel) sortedRoutes() []nlRoute {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b routeKey) int {
-		if c := comparePrefix(a.prefix(), b.prefix()); c != 0 {
+		if c := ipprefix.Compare(a.prefix(), b.prefix()); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.metric, b.metric)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // passReport is what one reconciliation pass achieved.
@@ -320,7 +322,7 @@ func (k *Kernel) compile(rep *passReport, want *State) {
 // sortedState reports whether a state's lists are sorted by key without duplicates, as
 // Desired makes them; only such states can be merged.
 func sortedState(s *State) bool {
-	return sortedUnique(s.Routes, func(r Route) netip.Prefix { return r.Dst }, comparePrefix) &&
+	return sortedUnique(s.Routes, func(r Route) netip.Prefix { return r.Dst }, ipprefix.Compare) &&
 		sortedUnique(s.Neighbors, func(n Neighbor) netip.Addr { return n.IP }, netip.Addr.Compare) &&
 		sortedUnique(s.FDB, func(f FDBEntry) []byte { return f.MAC }, bytes.Compare)
 }
@@ -379,7 +381,7 @@ func (k *Kernel) compileRoute(rep *passReport, r Route, replace bool) {
 // what changed dirty.
 func (k *Kernel) compileDelta(rep *passReport, old, want *State) {
 	w := &k.want
-	mergeDiff(old.Routes, want.Routes, func(a, b Route) int { return comparePrefix(a.Dst, b.Dst) },
+	mergeDiff(old.Routes, want.Routes, func(a, b Route) int { return ipprefix.Compare(a.Dst, b.Dst) },
 		func(a, b Route) bool { return a == b },
 		func(r Route) { // gone
 			key := keyOf(r.Dst, 0)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/cow"
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // Planner computes the same State as Desired, but at the cost of what changed since its
@@ -215,8 +216,8 @@ func (p *Planner) assemble(r *rules, snap *datastore.Snapshot, learned []Learned
 		p.neighbors.changed, p.fdb.changed = nil, nil // may have grown to every key
 		p.sorted = true
 	} else {
-		dsts := slices.SortedFunc(slices.Values(p.changedDst), comparePrefix)
-		p.outRoutes = cow.Patch(p.outRoutes, slices.Compact(dsts), func(r Route) netip.Prefix { return r.Dst }, comparePrefix,
+		dsts := slices.SortedFunc(slices.Values(p.changedDst), ipprefix.Compare)
+		p.outRoutes = cow.Patch(p.outRoutes, slices.Compact(dsts), func(r Route) netip.Prefix { return r.Dst }, ipprefix.Compare,
 			func(k netip.Prefix) (Route, bool) {
 				// A destination still counted has one route, emitted in this update:
 				// had another block kept an older one, the count would be two.
@@ -238,7 +239,7 @@ func (p *Planner) assemble(r *rules, snap *datastore.Snapshot, learned []Learned
 	clear(p.emitted)
 
 	s := r.globalState()
-	slices.SortFunc(s.Pools, comparePrefix)
+	slices.SortFunc(s.Pools, ipprefix.Compare)
 	s.Routes, s.Neighbors, s.FDB = p.outRoutes, p.outNeighbors, p.outFDB
 	skipped := p.skipped
 	if len(learned) > 0 {
@@ -249,8 +250,8 @@ func (p *Planner) assemble(r *rules, snap *datastore.Snapshot, learned []Learned
 			return ok || a.has(dst)
 		})
 		if len(a.routes) > 0 {
-			extra := slices.SortedFunc(maps.Values(a.routes), func(x, y Route) int { return comparePrefix(x.Dst, y.Dst) })
-			s.Routes = mergeSorted(p.outRoutes, extra, func(x, y Route) int { return comparePrefix(x.Dst, y.Dst) })
+			extra := slices.SortedFunc(maps.Values(a.routes), func(x, y Route) int { return ipprefix.Compare(x.Dst, y.Dst) })
+			s.Routes = mergeSorted(p.outRoutes, extra, func(x, y Route) int { return ipprefix.Compare(x.Dst, y.Dst) })
 		}
 		if len(a.skipped) > 0 {
 			skipped = maps.Clone(p.skipped)

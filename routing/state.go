@@ -12,12 +12,13 @@ package routing
 
 import (
 	"bytes"
-	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/tabby-net/tabby/internal/ipprefix"
 )
 
 // Names and numbers fixed by SPEC §5.
@@ -221,19 +222,11 @@ func (s State) String() string {
 	return b.String()
 }
 
-// comparePrefix orders prefixes by address, then by length.
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
-}
-
 // sortState puts the slices of s in their canonical order.
 func sortState(s *State) {
-	slices.SortFunc(s.Routes, func(a, b Route) int { return comparePrefix(a.Dst, b.Dst) })
+	slices.SortFunc(s.Routes, func(a, b Route) int { return ipprefix.Compare(a.Dst, b.Dst) })
 	slices.SortFunc(s.Neighbors, func(a, b Neighbor) int { return a.IP.Compare(b.IP) })
 	slices.SortFunc(s.FDB, func(a, b FDBEntry) int { return bytes.Compare(a.MAC, b.MAC) })
-	slices.SortFunc(s.Pools, comparePrefix)
+	slices.SortFunc(s.Pools, ipprefix.Compare)
 	slices.Sort(s.Problems)
 }
