@@ -15,7 +15,9 @@ import (
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
 
+	"github.com/tabby-net/tabby/internal/backoff"
 	"github.com/tabby-net/tabby/internal/ipprefix"
+	"github.com/tabby-net/tabby/internal/latest"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
 
@@ -63,10 +65,8 @@ type Speaker struct {
 	tracker *peerTracker
 	glog    *gobgpLogger
 
-	// wake carries "desired changed" to Run; desired is the latest Set, nil before the first.
-	mu      sync.Mutex
-	desired *desiredState
-	wake    chan struct{}
+	// desired is the latest Set.
+	desired *latest.Value[*desiredState]
 
 	// GoBGP's watch callbacks queue table events here for Run; events of an older server
 	// generation are dropped.
@@ -147,7 +147,7 @@ func NewSpeaker(opts SpeakerOptions) *Speaker {
 		gr:        gr,
 		marker:    newRestartMarker(opts.RunDir),
 		tracker:   newPeerTracker(time.Now),
-		wake:      make(chan struct{}, 1),
+		desired:   latest.New[*desiredState](),
 		eventWake: make(chan struct{}, 1),
 		learned:   make(chan []LearnedRoute, 1),
 		stopped:   make(chan struct{}),
@@ -168,19 +168,7 @@ func (s *Speaker) Set(global Global, peers []Peer, adverts []netip.Prefix) {
 		adverts: slices.Clone(adverts),
 	}
 	d.global.Pools = slices.Clone(global.Pools)
-	s.mu.Lock()
-	s.desired = d
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (s *Speaker) latest() *desiredState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.desired
+	s.desired.Set(d)
 }
 
 // Learned delivers the best paths the speaker learned for prefixes outside every pool
@@ -193,11 +181,14 @@ func (s *Speaker) Learned() <-chan []LearnedRoute { return s.learned }
 // its TCP connections without a Cease, so peers treat it as a graceful restart and keep its
 // routes. Failed operations are retried with backoff.
 func (s *Speaker) Run(ctx context.Context) error {
-	const minBackoff, maxBackoff = time.Second, 30 * time.Second
-	backoff := minBackoff
+	// The first retry waits a second, not backoff's default: what fails here (StartBgp on
+	// a port another process still holds, a peer GoBGP refuses) does not clear within
+	// milliseconds: retrying sooner would only fill the log.
+	bo := backoff.Backoff{Min: time.Second}
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	var d *desiredState // the desired state taken last
 	for {
 		select {
 		case <-ctx.Done():
@@ -207,10 +198,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 		case <-s.eventWake:
 			s.processEvents()
 			continue
-		case <-s.wake:
+		case <-s.desired.Wake():
+			if next, ok := s.desired.Take(); ok {
+				d = next
+			}
 		case <-retry.C:
 		}
-		d := s.latest()
 		if d == nil {
 			continue
 		}
@@ -220,12 +213,12 @@ func (s *Speaker) Run(ctx context.Context) error {
 			s.observe(time.Since(start))
 		}
 		if err != nil {
-			s.log.Warn("BGP configuration not fully applied, will retry", "error", err, "retry_in", backoff)
-			retry.Reset(backoff)
-			backoff = min(backoff*2, maxBackoff)
+			wait := bo.Next()
+			s.log.Warn("BGP configuration not fully applied, will retry", "error", err, "retry_in", wait)
+			retry.Reset(wait)
 			continue
 		}
-		backoff = minBackoff
+		bo.Reset()
 		retry.Stop()
 	}
 }
@@ -468,11 +461,7 @@ func (s *Speaker) publishLearned() {
 		return
 	}
 	s.published = out
-	select {
-	case <-s.learned:
-	default:
-	}
-	s.learned <- slices.Clone(out)
+	latest.Send(s.learned, slices.Clone(out))
 }
 
 // insideAny reports whether p lies within one of the pools (a route covering a pool, like
@@ -652,7 +641,7 @@ func (s *Speaker) deletePeer(ctx context.Context, addr netip.Addr) error {
 // Status reports every wanted session in the order of their addresses, in BIRD's words
 // (`tabbyctl node status`, readiness).
 func (s *Speaker) Status(ctx context.Context) []statusapi.Peer {
-	d := s.latest()
+	d, _ := s.desired.Load()
 	if d == nil || !d.global.RouterID.IsValid() {
 		return nil
 	}

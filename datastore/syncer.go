@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +15,9 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/tabby-net/tabby/internal/backoff"
+	"github.com/tabby-net/tabby/internal/latest"
 )
 
 // SyncerOptions tune a Syncer; zero values take the defaults.
@@ -27,7 +29,9 @@ type SyncerOptions struct {
 	// RequestTimeout bounds each list request. Default 30s.
 	RequestTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait before a retry after a failure.
-	// Defaults 100ms and 10s.
+	// Defaults 100ms and 10s: every tabbyd's readiness waits for its syncer, so after an
+	// etcd outage a host should be back within seconds (the waits are jittered, so that
+	// the hosts of a cluster do not all list at the same instant).
 	MinBackoff, MaxBackoff time.Duration
 	// PageSize is the number of keys per list request. Default 1000.
 	PageSize int64
@@ -212,20 +216,7 @@ func (s *Syncer) publish(snap *Snapshot, st *syncState) {
 	s.stats.Problems = len(snap.Problems)
 	s.stats.InvalidDocuments = st.invalid
 	for ch := range s.subs {
-		select {
-		case ch <- snap:
-			continue
-		default:
-		}
-		// Only publish sends, under s.mu: after taking the stale snapshot there is room.
-		select {
-		case <-ch:
-		default:
-		}
-		select {
-		case ch <- snap:
-		default:
-		}
+		latest.Send(ch, snap)
 	}
 }
 
@@ -242,7 +233,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	defer s.stop()
 
 	st := newSyncState(s.client.Keys, s.log)
-	backoff := s.opts.MinBackoff
+	bo := backoff.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff, Jitter: true}
 	for ctx.Err() == nil {
 		rev, err := s.list(ctx, st)
 		if err != nil {
@@ -250,17 +241,19 @@ func (s *Syncer) Run(ctx context.Context) error {
 				break
 			}
 			s.update(func(x *SyncerStats) { x.ListErrors++; x.Connected = false; x.LastError = err.Error() })
-			s.log.Warn("etcd list failed; retrying", "error", err, "retry_in", backoff)
-			backoff = s.sleep(ctx, backoff)
+			wait := bo.Next()
+			s.log.Warn("etcd list failed; retrying", "error", err, "retry_in", wait)
+			sleep(ctx, wait)
 			continue
 		}
-		err = s.watch(ctx, st, rev, func() { backoff = s.opts.MinBackoff })
+		err = s.watch(ctx, st, rev, bo.Reset)
 		if ctx.Err() != nil {
 			break
 		}
 		s.update(func(x *SyncerStats) { x.WatchErrors++; x.Connected = false; x.LastError = err.Error() })
-		s.log.Warn("etcd watch ended; listing again", "error", err, "retry_in", backoff)
-		backoff = s.sleep(ctx, backoff)
+		wait := bo.Next()
+		s.log.Warn("etcd watch ended; listing again", "error", err, "retry_in", wait)
+		sleep(ctx, wait)
 	}
 	return nil
 }
@@ -276,16 +269,14 @@ func (s *Syncer) stop() {
 	clear(s.subs)
 }
 
-// sleep waits d (with jitter) or until ctx ends, and returns the next backoff.
-func (s *Syncer) sleep(ctx context.Context, d time.Duration) time.Duration {
-	jittered := d/2 + rand.N(d/2+1)
-	t := time.NewTimer(jittered)
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-	return min(2*d, s.opts.MaxBackoff)
 }
 
 // list reads the whole root (but the handles OnlyHandles leaves out) at one revision,

@@ -10,18 +10,15 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/backoff"
+	"github.com/tabby-net/tabby/internal/latest"
 )
 
 // DefaultRefreshInterval is how often the reconciler re-reads the kernel and restores what
 // someone else removed (a flushed table, a deleted jump, an emptied ipset), when Options do
 // not say otherwise.
 const DefaultRefreshInterval = 10 * time.Second
-
-// Retry backoff after a failed sync.
-const (
-	minBackoff = 200 * time.Millisecond
-	maxBackoff = 30 * time.Second
-)
 
 // Options configure a NAT reconciler.
 type Options struct {
@@ -92,14 +89,13 @@ type Status struct {
 // NAT is the reconciler of tabby's NAT outgoing state on one host. Producers call Set; Run
 // is the only goroutine that touches the kernel.
 type NAT struct {
-	opts   Options
-	log    *slog.Logger
-	wake   chan struct{} // capacity 1: a pending wake-up absorbs any number of Sets
-	synced chan struct{} // closed after the first successful sync
+	opts    Options
+	log     *slog.Logger
+	desired *latest.Value[Desired] // normalized
+	synced  chan struct{}          // closed after the first successful sync
 
-	mu      sync.Mutex
-	desired *Desired // nil until the first Set
-	status  Status
+	mu     sync.Mutex
+	status Status
 }
 
 // New returns a reconciler. It touches nothing until Run is called and Set has given it a
@@ -117,10 +113,10 @@ func New(opts Options) (*NAT, error) {
 		h.Close()
 	}
 	return &NAT{
-		opts:   o,
-		log:    o.Logger.With("subsystem", "nat"),
-		wake:   make(chan struct{}, 1),
-		synced: make(chan struct{}),
+		opts:    o,
+		log:     o.Logger.With("subsystem", "nat"),
+		desired: latest.New[Desired](),
+		synced:  make(chan struct{}),
 	}, nil
 }
 
@@ -131,17 +127,7 @@ func (n *NAT) Set(d Desired) {
 	for _, p := range problems {
 		n.log.Warn("ignoring part of the desired NAT state", "err", p)
 	}
-	n.mu.Lock()
-	same := n.desired != nil && n.desired.Equal(norm)
-	n.desired = &norm
-	n.mu.Unlock()
-	if same {
-		return
-	}
-	select {
-	case n.wake <- struct{}{}:
-	default:
-	}
+	n.desired.Set(norm)
 }
 
 // Synced reports whether a desired state has been fully applied at least once; the daemon's
@@ -174,12 +160,6 @@ func (n *NAT) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.status
-}
-
-func (n *NAT) latest() *Desired {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.desired
 }
 
 func (n *NAT) updateStatus(f func(*Status)) {
@@ -219,19 +199,26 @@ func (n *NAT) Run(ctx context.Context) error {
 		retryC = nil
 	}
 	defer stopRetry()
-	backoff := minBackoff
+	var retry backoff.Backoff
+	var d *Desired       // the newest desired state taken
 	var applied *Desired // the last desired state applied in full
 
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-n.wake:
+		case <-n.desired.Wake():
+			next, ok := n.desired.Take()
+			if !ok || (d != nil && d.Equal(next)) {
+				// Nothing new: the producer publishes on every change of anything, and a
+				// sync reads the whole ruleset; the retry timer and the ticker still run.
+				continue
+			}
+			d = &next
 		case <-ticker.C:
 		case <-retryC:
 			retryC = nil
 		}
-		d := n.latest()
 		if d == nil {
 			continue
 		}
@@ -243,20 +230,20 @@ func (n *NAT) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			n.log.Error("NAT sync failed; retrying", "err", err, "retry_in", backoff)
+			wait := retry.Next()
+			n.log.Error("NAT sync failed; retrying", "err", err, "retry_in", wait)
 			n.updateStatus(func(st *Status) {
 				st.InSync = false
 				st.LastError = err.Error()
 				st.LastErrorTime = time.Now()
 			})
 			stopRetry()
-			retryTimer = time.NewTimer(backoff)
+			retryTimer = time.NewTimer(wait)
 			retryC = retryTimer.C
-			backoff = min(backoff*2, maxBackoff)
 			continue
 		}
 		stopRetry()
-		backoff = minBackoff
+		retry.Reset()
 		applied = d
 		if res.warning != "" && res.warning != n.Status().Warning {
 			n.log.Warn("NAT state applied, with a problem", "warning", res.warning)

@@ -14,6 +14,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/tabby-net/tabby/internal/backoff"
+	"github.com/tabby-net/tabby/internal/latest"
 )
 
 // Defaults of KernelOptions.
@@ -24,8 +27,10 @@ const (
 	// DefaultRepairInterval is the shortest time between two repairs triggered by kernel
 	// events, so that a process fighting over a route cannot make tabby spin.
 	DefaultRepairInterval = 100 * time.Millisecond
-	minBackoff            = 100 * time.Millisecond
-	maxBackoff            = 30 * time.Second
+	// retryMin is the first wait after a failed pass, half backoff's default: a failure is
+	// most often a race with a device being recreated or an address being moved, which
+	// settles within one repair interval, and a pass that only finds it done costs little.
+	retryMin = DefaultRepairInterval
 	// resubscribeDelay is how long to wait before subscribing again after a subscription
 	// failed or died.
 	resubscribeDelay = 500 * time.Millisecond
@@ -100,12 +105,12 @@ type Kernel struct {
 	resyncGap time.Duration // shortest time between two event-driven full resyncs
 	log       *slog.Logger
 
+	// desired holds the last non-hold state given to Set.
+	desired *latest.Value[*State]
+
 	mu       sync.Mutex
-	latest   *State // the last non-hold state given to Set
 	hold     string // the reason of the last hold state, cleared by a real one
-	version  uint64 // incremented by every Set
 	status   KernelStatus
-	wake     chan struct{}
 	synced   chan struct{}
 	underlay chan struct{}
 	running  atomic.Bool
@@ -168,7 +173,7 @@ func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
 		repairGap:   opts.RepairInterval,
 		log:         opts.Logger,
 		observePass: opts.ObservePass,
-		wake:        make(chan struct{}, 1),
+		desired:     latest.New[*State](),
 		synced:      make(chan struct{}),
 		underlay:    make(chan struct{}, 1),
 		rec:         newRecord(),
@@ -196,17 +201,10 @@ func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
 // keeps s (its slices included) until the next Set: the caller must not modify it.
 func (k *Kernel) Set(s State) {
 	k.mu.Lock()
-	if s.Hold != "" {
-		k.hold = s.Hold
-	} else {
-		k.hold = ""
-		k.latest = &s
-	}
-	k.version++
+	k.hold = s.Hold
 	k.mu.Unlock()
-	select {
-	case k.wake <- struct{}{}:
-	default:
+	if s.Hold == "" {
+		k.desired.Set(&s)
 	}
 }
 
@@ -241,16 +239,9 @@ func (k *Kernel) signalUnderlay() {
 	}
 }
 
-// desired returns the state to apply and its version.
-func (k *Kernel) desired() (*State, uint64) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.latest, k.version
-}
-
 // schedule is when the Run loop must act next. A zero time means "not scheduled".
 type schedule struct {
-	applied  uint64    // version of the desired state last applied
+	fresh    bool      // the desired state taken last has not been applied yet
 	repairAt time.Time // a repair asked for by kernel events
 	retryAt  time.Time // a retry after failures
 	fullAt   time.Time // the next full resync
@@ -259,7 +250,7 @@ type schedule struct {
 	// were paused), so the pass's own dump, if it made one, is already stale.
 	inPass, fullAgain bool
 	resubAt           time.Time // the next attempt to subscribe to events
-	backoff           time.Duration
+	retry             backoff.Backoff
 }
 
 func earliest(ts ...time.Time) time.Time {
@@ -366,32 +357,35 @@ func (k *Kernel) Run(ctx context.Context) error {
 	if k.closeNL != nil {
 		defer k.closeNL()
 	}
-	k.sch = schedule{fullAt: time.Now(), backoff: minBackoff}
+	k.sch = schedule{fullAt: time.Now(), retry: backoff.Backoff{Min: retryMin}}
 	k.subscribe()
 	defer k.dropRouteEvents()
 	defer k.dropLinkEvents()
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var want *State // the desired state being applied
 	for {
 		now := time.Now()
 		if due(k.sch.resubAt, now) {
 			k.subscribe()
 		}
 		sch := &k.sch
-		want, version := k.desired()
-		if want != nil && (version != sch.applied || due(sch.repairAt, now) || due(sch.retryAt, now) || due(sch.fullAt, now)) {
+		if s, ok := k.desired.Take(); ok {
+			want, sch.fresh = s, true
+		}
+		if want != nil && (sch.fresh || due(sch.repairAt, now) || due(sch.retryAt, now) || due(sch.fullAt, now)) {
 			// Take in what the kernel told us since the last pass, so that the pass works
 			// from the freshest record.
 			k.drain()
-			k.runPass(ctx, want, version)
+			k.runPass(ctx, want)
 			if ctx.Err() != nil {
 				return nil
 			}
 			continue
 		}
 
-		k.idle.Store(want != nil && version == sch.applied && sch.repairAt.IsZero() && sch.retryAt.IsZero() &&
+		k.idle.Store(want != nil && !sch.fresh && !k.desired.Pending() && sch.repairAt.IsZero() && sch.retryAt.IsZero() &&
 			!sch.fullSoon && sch.resubAt.IsZero() && len(k.subs.routeCh) == 0 && len(k.subs.linkCh) == 0)
 		next := earliest(sch.resubAt)
 		if want != nil {
@@ -405,7 +399,7 @@ func (k *Kernel) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-k.wake:
+		case <-k.desired.Wake():
 			k.idle.Store(false)
 		case <-timer.C:
 		case u, ok := <-k.subs.routeCh:
@@ -474,7 +468,7 @@ func (k *Kernel) askFull(now time.Time) {
 	}
 }
 
-func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
+func (k *Kernel) runPass(ctx context.Context, want *State) {
 	sch := &k.sch
 	now := time.Now()
 	full := due(sch.fullAt, now)
@@ -486,7 +480,7 @@ func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
 		return
 	}
 	end := time.Now()
-	sch.applied = version
+	sch.fresh = false
 	if repair || full {
 		k.lastRepair = end
 		sch.repairAt = time.Time{}
@@ -501,12 +495,11 @@ func (k *Kernel) runPass(ctx context.Context, want *State, version uint64) {
 		sch.fullSoon = false
 	}
 	if rep.failures > 0 {
-		sch.retryAt = end.Add(sch.backoff)
-		sch.backoff = min(sch.backoff*2, maxBackoff)
+		sch.retryAt = end.Add(sch.retry.Next())
 		k.log.Warn("routing pass had failures; retrying", "failures", rep.failures, "first", rep.firstErr, "retry_in", sch.retryAt.Sub(end))
 	} else {
 		sch.retryAt = time.Time{}
-		sch.backoff = minBackoff
+		sch.retry.Reset()
 	}
 	if rep.redoDevices {
 		// A device changed under the pass (recreated): look again at once.

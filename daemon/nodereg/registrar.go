@@ -11,7 +11,9 @@ import (
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/datastore/ipam"
+	"github.com/tabby-net/tabby/internal/backoff"
 	"github.com/tabby-net/tabby/internal/cow"
+	"github.com/tabby-net/tabby/internal/latest"
 )
 
 // Store reads and writes Node resources with compare-and-swap (datastore.Client).
@@ -55,7 +57,7 @@ type Registrar struct {
 	id    Identity
 	log   *slog.Logger
 
-	in      chan *datastore.Snapshot
+	in      *latest.Value[*datastore.Snapshot]
 	changed chan struct{}
 
 	mu     sync.Mutex
@@ -69,26 +71,14 @@ func New(store Store, ipam IPAM, id Identity, log *slog.Logger) *Registrar {
 		ipam:    ipam,
 		id:      id,
 		log:     log,
-		in:      make(chan *datastore.Snapshot, 1),
+		in:      latest.New[*datastore.Snapshot](),
 		changed: make(chan struct{}, 1),
 	}
 }
 
 // Set hands the registrar the newest snapshot; it never blocks, and an older snapshot
 // not yet looked at is dropped.
-func (r *Registrar) Set(snap *datastore.Snapshot) {
-	for {
-		select {
-		case r.in <- snap:
-			return
-		default:
-		}
-		select {
-		case <-r.in:
-		default:
-		}
-	}
-}
+func (r *Registrar) Set(snap *datastore.Snapshot) { r.in.Set(snap) }
 
 // Status returns the current status.
 func (r *Registrar) Status() Status {
@@ -101,7 +91,7 @@ func (r *Registrar) Status() Status {
 func (r *Registrar) Changed() <-chan struct{} { return r.changed }
 
 // Run reconciles each snapshot handed to Set until ctx ends. A failed attempt is retried
-// with backoff (up to 10 s) on the newest snapshot.
+// with backoff on the newest snapshot.
 //
 // A snapshot in which nothing the registrar looks at changed since one that needed no
 // write (this host's Node, the pools, its tunnel handles) needs none either, and is not
@@ -110,12 +100,19 @@ func (r *Registrar) Changed() <-chan struct{} { return r.changed }
 func (r *Registrar) Run(ctx context.Context) error {
 	var snap, syncedAt *datastore.Snapshot
 	var retry <-chan time.Time
-	backoff := 200 * time.Millisecond
+	// Capped at 10 s, not backoff's 30 s: the Node gates readiness, and once etcd answers
+	// again after an outage a host should not stay unready for long.
+	bo := backoff.Backoff{Max: 10 * time.Second}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case snap = <-r.in:
+		case <-r.in.Wake():
+			next, ok := r.in.Take()
+			if !ok {
+				continue
+			}
+			snap = next
 			if syncedAt != nil && r.sameInputs(syncedAt, snap) {
 				st := r.Status()
 				r.setStatus(Status{Synced: true, Revision: snap.Revision, Node: st.Node})
@@ -134,12 +131,12 @@ func (r *Registrar) Run(ctx context.Context) error {
 			syncedAt = snap
 		}
 		if err != nil {
-			r.log.Warn("node registration failed; retrying", "node", r.id.Name, "in", backoff, "err", err)
-			retry = time.After(backoff)
-			backoff = min(backoff*2, 10*time.Second)
+			wait := bo.Next()
+			r.log.Warn("node registration failed; retrying", "node", r.id.Name, "in", wait, "err", err)
+			retry = time.After(wait)
 			continue
 		}
-		backoff = 200 * time.Millisecond
+		bo.Reset()
 	}
 }
 
