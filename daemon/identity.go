@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tabby-net/tabby/daemon/autodetect"
+	"github.com/tabby-net/tabby/internal/backoff"
 )
 
 // detectAddress finds the node address the configuration asks for, in the calling
@@ -20,16 +21,18 @@ func detectAddress(h *netlink.Handle, cfg IPv4Config) (autodetect.Result, error)
 	return autodetect.Detect(h, cfg.Autodetect)
 }
 
-// findAddress detects the node address, retrying with backoff (capped at 10 s) while
-// there is none: at boot the NIC may get its address after tabbyd starts. Readiness and
-// the systemd status say what is missing meanwhile.
+// findAddress detects the node address, retrying with backoff while there is none: at
+// boot the NIC may get its address after tabbyd starts. Readiness and the systemd status
+// say what is missing meanwhile.
 func (d *daemon) findAddress(ctx context.Context) (autodetect.Result, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return autodetect.Result{}, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	backoff := 250 * time.Millisecond
+	// Capped at 10 s, not backoff's 30 s: nothing else starts before the address is found,
+	// so a NIC that gets its address late should delay the start by seconds at most.
+	bo := backoff.Backoff{Max: 10 * time.Second}
 	var lastErr string
 	for {
 		res, err := detectAddress(h, d.cfg.IPv4)
@@ -47,9 +50,8 @@ func (d *daemon) findAddress(ctx context.Context) (autodetect.Result, error) {
 		select {
 		case <-ctx.Done():
 			return autodetect.Result{}, ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(bo.Next()):
 		}
 		d.health.Beat(loopMain, 30*time.Second)
-		backoff = min(backoff*2, 10*time.Second)
 	}
 }
