@@ -23,10 +23,11 @@ var (
 	ErrConflict = errors.New("update conflict")
 )
 
-// KeyError is the typed error of a failed compare-and-swap: the key and why.
+// KeyError is the typed error of a failed compare-and-swap or a refused request: the key
+// and why.
 type KeyError struct {
 	Key string
-	Err error // ErrNotFound, ErrAlreadyExists or ErrConflict
+	Err error // ErrNotFound, ErrAlreadyExists, ErrConflict or ErrPermissionDenied
 }
 
 func (e *KeyError) Error() string { return fmt.Sprintf("%s: %v", e.Key, e.Err) }
@@ -107,7 +108,7 @@ type KV struct {
 func (c *Client) Get(ctx context.Context, key string) (KV, error) {
 	resp, err := c.etcd.Get(ctx, key)
 	if err != nil {
-		return KV{}, fmt.Errorf("get %s: %w", key, err)
+		return KV{}, opError("get", key, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return KV{}, &KeyError{Key: key, Err: ErrNotFound}
@@ -120,7 +121,7 @@ func (c *Client) Get(ctx context.Context, key string) (KV, error) {
 func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	resp, err := c.etcd.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+		return nil, 0, opError("list", prefix, err)
 	}
 	out := make([]KV, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -137,7 +138,7 @@ func (c *Client) Create(ctx context.Context, key string, value []byte) (int64, e
 		Then(clientv3.OpPut(key, string(value))).
 		Commit()
 	if err != nil {
-		return 0, fmt.Errorf("create %s: %w", key, err)
+		return 0, opError("create", key, err)
 	}
 	if !resp.Succeeded {
 		return 0, &KeyError{Key: key, Err: ErrAlreadyExists}
@@ -154,7 +155,7 @@ func (c *Client) Update(ctx context.Context, key string, value []byte, rev int64
 		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
-		return 0, fmt.Errorf("update %s: %w", key, err)
+		return 0, opError("update", key, err)
 	}
 	if !resp.Succeeded {
 		return 0, &KeyError{Key: key, Err: casFailure(resp)}
@@ -171,7 +172,7 @@ func (c *Client) Delete(ctx context.Context, key string, rev int64) error {
 		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("delete %s: %w", key, err)
+		return opError("delete", key, err)
 	}
 	if !resp.Succeeded {
 		return &KeyError{Key: key, Err: casFailure(resp)}

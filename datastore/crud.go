@@ -448,7 +448,7 @@ func (c *Client) putIf(ctx context.Context, key string, value []byte, cmps []cli
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return putResult{}, err
+		return putResult{}, Denied(err, key)
 	}
 	if resp.Succeeded {
 		return putResult{ok: true, rev: resp.Header.Revision}, nil

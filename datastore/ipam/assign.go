@@ -222,7 +222,7 @@ func (a *Allocator) getBlockKVs(ctx context.Context, affs []storedAffinity) (map
 	}
 	resp, err := a.c.Etcd().Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read %d blocks: %w", len(affs), err)
+		return nil, fmt.Errorf("read %d blocks: %w", len(affs), datastore.Denied(err, opKeys(ops)...))
 	}
 	for i, sa := range affs {
 		if kvs := rangeKVs(resp, i); len(kvs) == 1 {
@@ -400,7 +400,7 @@ func (a *Allocator) writeBlockGuarded(ctx context.Context, sb storedBlock, nb *d
 		Else(clientv3.OpGet(bkey, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("update block %s: %w", sb.cidr, err)
+		return fmt.Errorf("update block %s: %w", sb.cidr, datastore.Denied(err, bkey, hkey))
 	}
 	if !resp.Succeeded {
 		kerr := datastore.ErrConflict

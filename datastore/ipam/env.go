@@ -131,7 +131,7 @@ func (a *Allocator) readEnv(ctx context.Context, host, handle string) (env, erro
 	}
 	resp, err := a.c.Etcd().Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		return env{}, fmt.Errorf("read pools, ipam config and affinities of %s: %w", host, err)
+		return env{}, fmt.Errorf("read pools, ipam config and affinities of %s: %w", host, datastore.Denied(err, opKeys(ops)...))
 	}
 	e := env{rev: resp.Header.Revision}
 	e.pools = a.decodePools(rangeKVs(resp, 0))

@@ -218,7 +218,7 @@ func (a *Allocator) freeNodeOrdinals(ctx context.Context, node string, sb stored
 	}
 	resp, err := a.c.Etcd().Txn(ctx).If(conds...).Then(ops...).Commit()
 	if err != nil {
-		return storedBlock{}, fmt.Errorf("release addresses of block %s: %w", sb.cidr, err)
+		return storedBlock{}, fmt.Errorf("release addresses of block %s: %w", sb.cidr, datastore.Denied(err, opKeys(ops)...))
 	}
 	if !resp.Succeeded {
 		return storedBlock{}, &datastore.KeyError{Key: bkey, Err: datastore.ErrConflict}

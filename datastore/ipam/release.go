@@ -147,7 +147,7 @@ func (a *Allocator) dropStaleHandleCount(ctx context.Context, handle string, cid
 		If(blockCond, clientv3.Compare(clientv3.ModRevision(hkey), "=", sh.rev)).
 		Then(op).Commit()
 	if err != nil {
-		return fmt.Errorf("drop stale count of handle %s for block %s: %w", handle, cidr, err)
+		return fmt.Errorf("drop stale count of handle %s for block %s: %w", handle, cidr, datastore.Denied(err, bkey, hkey))
 	}
 	if !resp.Succeeded {
 		return &datastore.KeyError{Key: hkey, Err: datastore.ErrConflict}

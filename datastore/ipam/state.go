@@ -32,14 +32,15 @@ type Unreadable struct {
 // readState reads the whole IPAM tree and the pools in one transaction.
 func (a *Allocator) readState(ctx context.Context) (ipamState, error) {
 	k := a.c.Keys
-	resp, err := a.c.Etcd().Txn(ctx).Then(
+	ops := []clientv3.Op{
 		clientv3.OpGet(k.ResourcePrefix(datastore.KindIPPool), clientv3.WithPrefix()),
 		clientv3.OpGet(k.BlockPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(k.HostPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(k.HandlePrefix(), clientv3.WithPrefix()),
-	).Commit()
+	}
+	resp, err := a.c.Etcd().Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		return ipamState{}, fmt.Errorf("read IPAM state: %w", err)
+		return ipamState{}, fmt.Errorf("read IPAM state: %w", datastore.Denied(err, opKeys(ops)...))
 	}
 	st := ipamState{rev: resp.Header.Revision, handles: map[string]storedHandle{}}
 	st.pools = a.decodePools(rangeKVs(resp, 0))

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tabby-net/tabby/datastore"
 )
 
@@ -242,4 +244,14 @@ func withCount(h datastore.IPAMHandle, block netip.Prefix, delta int) datastore.
 		delete(out.Block, block.String())
 	}
 	return out
+}
+
+// opKeys lists the keys (or key prefixes) a transaction's operations touch, for an error
+// that must name them.
+func opKeys(ops []clientv3.Op) []string {
+	keys := make([]string, 0, len(ops))
+	for _, op := range ops {
+		keys = append(keys, string(op.KeyBytes()))
+	}
+	return keys
 }
