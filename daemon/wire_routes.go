@@ -136,10 +136,10 @@ func (s *routesSub) update(snap *datastore.Snapshot, learned []routing.LearnedRo
 func (s *routesSub) report() (synced bool, notReady string) {
 	st := s.k.Status()
 	var reasons []string
-	if st.Tunl0 == "unsupported" {
+	if st.Tunl0 == routing.DeviceUnsupported {
 		reasons = append(reasons, "kernel has no ipip support")
 	}
-	if st.VXLAN == "unsupported" {
+	if st.VXLAN == routing.DeviceUnsupported {
 		reasons = append(reasons, "kernel has no vxlan support")
 	}
 	if st.LastError != "" && st.Failures > 0 {

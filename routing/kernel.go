@@ -72,9 +72,9 @@ type KernelStatus struct {
 	Wanted    int
 	Neighbors int
 	FDB       int
-	// Tunl0 and VXLAN describe the devices: "absent", "up", "unsupported" or "pending".
-	Tunl0 string
-	VXLAN string
+	// Tunl0 and VXLAN are the states of the tunnel devices.
+	Tunl0 DeviceState
+	VXLAN DeviceState
 	// Problems lists, one line each, what the kernel side cannot do: "kernel has no ipip
 	// support", routes left alone because another protocol holds their prefix, a held
 	// desired state. The desired state's own problems are in State.Problems.
@@ -192,7 +192,7 @@ func newKernel(nl netlinker, events eventSource, opts KernelOptions) *Kernel {
 		k.log = slog.Default()
 	}
 	k.log = k.log.With("subsystem", "routing")
-	k.status = KernelStatus{Routes: map[RouteKind]int{}, Tunl0: "absent", VXLAN: "absent"}
+	k.status = KernelStatus{Routes: map[RouteKind]int{}}
 	return k
 }
 
@@ -545,8 +545,8 @@ func (k *Kernel) publish(rep passReport, at time.Time) {
 	st.Wanted = rep.wanted
 	st.Neighbors = len(k.rec.neighs)
 	st.FDB = len(k.rec.fdb)
-	st.Tunl0 = deviceWord(k.rec.ipip, rep.tunl0Wanted)
-	st.VXLAN = deviceWord(k.rec.vxlan, rep.vxlanWanted)
+	st.Tunl0 = deviceState(k.rec.ipip, rep.tunl0Wanted)
+	st.VXLAN = deviceState(k.rec.vxlan, rep.vxlanWanted)
 	st.Problems = rep.problems
 	st.Failures = rep.failures
 	if rep.failures > 0 {
@@ -558,15 +558,44 @@ func (k *Kernel) publish(rep passReport, at time.Time) {
 	st.LastPass = at
 }
 
-func deviceWord(d devRecord, wanted bool) string {
+// DeviceState is what the reconciler reached for one of its tunnel devices.
+type DeviceState int
+
+const (
+	// DeviceAbsent: the desired state needs no such device.
+	DeviceAbsent DeviceState = iota
+	// DevicePending: the device is wanted and not in place yet.
+	DevicePending
+	// DeviceUp: the device is in place as wanted.
+	DeviceUp
+	// DeviceUnsupported: the device is wanted and the kernel cannot make it (no module).
+	DeviceUnsupported
+)
+
+// String returns the state's word for logs and status: absent, pending, up, unsupported.
+func (s DeviceState) String() string {
+	switch s {
+	case DeviceAbsent:
+		return "absent"
+	case DevicePending:
+		return "pending"
+	case DeviceUp:
+		return "up"
+	case DeviceUnsupported:
+		return "unsupported"
+	}
+	return fmt.Sprintf("DeviceState(%d)", int(s))
+}
+
+func deviceState(d devRecord, wanted bool) DeviceState {
 	switch {
 	case !wanted:
-		return "absent"
+		return DeviceAbsent
 	case d.unsupported:
-		return "unsupported"
+		return DeviceUnsupported
 	case d.ok:
-		return "up"
+		return DeviceUp
 	default:
-		return "pending"
+		return DevicePending
 	}
 }

@@ -210,7 +210,7 @@ func TestKernelNoIPIP(t *testing.T) {
 	if !slices.Equal(st.Problems, want) {
 		t.Errorf("problems = %q, want %q", st.Problems, want)
 	}
-	if st.Tunl0 != "unsupported" || !st.Synced {
+	if st.Tunl0 != DeviceUnsupported || !st.Synced {
 		t.Errorf("status = %+v, want tunl0 unsupported and synced", st)
 	}
 }

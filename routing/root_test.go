@@ -498,7 +498,7 @@ func TestRootIPIP(t *testing.T) {
 	k.Set(state)
 	pollUntil(t, "a first pass", func() bool { return k.Status().Passes > 0 })
 	st := k.Status()
-	if st.Tunl0 == "unsupported" {
+	if st.Tunl0 == DeviceUnsupported {
 		waitSynced(t, k)
 		if !slices.Contains(k.Status().Problems, "kernel has no ipip support") {
 			t.Fatalf("problems %q do not say %q", k.Status().Problems, "kernel has no ipip support")
