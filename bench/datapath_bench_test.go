@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/internal/namedns"
 	"github.com/tabby-net/tabby/lab"
 )
 
@@ -65,7 +66,7 @@ func newLab(tb testing.TB, mode lab.Mode, fabricMTU int) *lab.Cluster {
 
 // nsRun runs a command inside a namespace and returns its standard output.
 func nsRun(ctx context.Context, ns string, name string, args ...string) (string, error) {
-	cmd := lab.Command(ns, name, args...)
+	cmd := namedns.Command(ns, name, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -144,7 +145,7 @@ func (h hostCPUs) iperf3Args(host int, args ...string) []string {
 // the first host's CPU and the server on the second's.
 func iperf3Between(ctx context.Context, tb testing.TB, from, to, dst string, seconds int, cpus hostCPUs) iperf3Run {
 	tb.Helper()
-	srv := lab.Command(to, "iperf3", cpus.iperf3Args(1, "-s", "-1", "-B", dst)...)
+	srv := namedns.Command(to, "iperf3", cpus.iperf3Args(1, "-s", "-1", "-B", dst)...)
 	if err := srv.Start(); err != nil {
 		tb.Fatal(err)
 	}

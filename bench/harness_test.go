@@ -31,6 +31,7 @@ import (
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/datastore/etcdembed"
+	"github.com/tabby-net/tabby/internal/namedns"
 	"github.com/tabby-net/tabby/lab"
 )
 
@@ -259,7 +260,7 @@ func (e *env) start(ns, name string, extraEnv []string, program string, args ...
 		e.tb.Fatal(err)
 	}
 	defer lf.Close()
-	cmd := lab.Command(ns, program, args...)
+	cmd := namedns.Command(ns, program, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.Env = append(os.Environ(), extraEnv...)
 	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
@@ -351,7 +352,7 @@ func (e *env) startEtcd(ctx context.Context) *datastore.Client {
 		Endpoints:   []string{endpoint},
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return lab.DialInNS(ctx, router, "tcp", addr)
+			return namedns.Dial(ctx, router, "tcp", addr)
 		})},
 		Logger:             zap.NewNop(),
 		MaxCallSendMsgSize: 64 << 20,

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/lab"
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // memorySettle is how long BenchmarkMemory5000 watches the daemons after convergence.
@@ -93,7 +93,7 @@ func goHeapMB(tb testing.TB, ns string) float64 {
 func scrapeMetric(ns, addr, name string) (float64, error) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			return lab.DialInNS(ctx, ns, network, a)
+			return namedns.Dial(ctx, ns, network, a)
 		},
 	}}
 	resp, err := client.Get("http://" + addr + "/metrics")

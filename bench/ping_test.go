@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tabby-net/tabby/internal/checksum"
-	"github.com/tabby-net/tabby/lab"
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // pinger sends ICMP echo requests at an exact rate from inside a namespace and counts the
@@ -40,7 +40,7 @@ func startPinger(ns string, dst netip.Addr, interval time.Duration) (*pinger, er
 		return nil, err
 	}
 	p.id = binary.BigEndian.Uint16(id[:])
-	err := lab.InNS(ns, func() error {
+	err := namedns.Do(ns, func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 		p.fd = fd
 		return err

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // birdConfig renders a BIRD2 configuration: a router at routerID in AS as, originating
@@ -41,7 +41,7 @@ template bgp tabby {
 }
 
 // birdRoutes parses `birdc show route all` into "prefix via nexthop [protocol]" lines.
-func birdRoutes(bird *nettest.BIRD) (map[string]bool, string, error) {
+func birdRoutes(bird *birdProc) (map[string]bool, string, error) {
 	out, err := bird.Query("show route all")
 	if err != nil {
 		return nil, out, err
@@ -70,9 +70,9 @@ func birdRoutes(bird *nettest.BIRD) (map[string]bool, string, error) {
 
 // birdWaitRoutes waits until BIRD's table holds every wanted route and no route matching
 // forbidden.
-func birdWaitRoutes(t *testing.T, bird *nettest.BIRD, want []string, forbidden *regexp.Regexp) {
+func birdWaitRoutes(t *testing.T, bird *birdProc, want []string, forbidden *regexp.Regexp) {
 	t.Helper()
-	nettest.Eventually(t, 30*time.Second, "BIRD's table", func() error {
+	netnstest.Eventually(t, 30*time.Second, "BIRD's table", func() error {
 		got, raw, err := birdRoutes(bird)
 		if err != nil {
 			return err
@@ -115,11 +115,11 @@ var workloadSlash32 = regexp.MustCompile(`^10\.244\.\d+\.\d+/32 `)
 // the node as next hop and no workload /32; tabby learns BIRD's own prefix as a route
 // outside every pool.
 func TestBIRDTopOfRack(t *testing.T) {
-	nettest.RequireRoot(t, "birdc")
+	netnstest.RequireRoot(t, "birdc")
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "torlan")
-	torNS := nettest.NewNetns(t, "tor")
+	lan := netnstest.NewLAN(t, "torlan")
+	torNS := netnstest.New(t, "tor")
 	lan.Attach(t, torNS, "eth0", "10.99.0.254/24")
 	secrets := t.TempDir()
 	writeSecretFile(t, secrets, "tor-a", "password", "s3cret-a")
@@ -134,14 +134,14 @@ func TestBIRDTopOfRack(t *testing.T) {
 			"tor-b": {Node: "node-b", PeerIP: "10.99.0.254", ASNumber: 65000},
 		},
 	}
-	bird := nettest.StartBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "",
+	bird := startBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "",
 		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; password "s3cret-a"; }`,
 		`protocol bgp node_b from tabby { neighbor 10.99.0.2 as 64512; }`,
 	))
 
 	sp := map[string]*speaker{}
 	for i, n := range c.nodes {
-		ns := nettest.NewNetns(t, fmt.Sprintf("tor%d", i))
+		ns := netnstest.New(t, fmt.Sprintf("tor%d", i))
 		lan.Attach(t, ns, "eth0", n.addr+"/24")
 		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{secretsDir: secrets})
 	}
@@ -164,7 +164,7 @@ func TestBIRDTopOfRack(t *testing.T) {
 
 	// The ToR's own prefix reaches tabby as a learned route outside every pool, via the ToR.
 	for _, n := range c.nodes {
-		nettest.Eventually(t, 20*time.Second, n.name+" learns 203.0.113.0/24", func() error {
+		netnstest.Eventually(t, 20*time.Second, n.name+" learns 203.0.113.0/24", func() error {
 			learned, err := sp[n.name].learned()
 			if err != nil {
 				return err
@@ -192,11 +192,11 @@ func otherAddr(c *cluster, self string) string {
 // through the reflector with the other node as next hop, and BIRD's prefix as a learned
 // route.
 func TestBIRDRouteReflector(t *testing.T) {
-	nettest.RequireRoot(t, "birdc")
+	netnstest.RequireRoot(t, "birdc")
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "rrlan")
-	rrNS := nettest.NewNetns(t, "rr")
+	lan := netnstest.NewLAN(t, "rrlan")
+	rrNS := netnstest.New(t, "rr")
 	lan.Attach(t, rrNS, "eth0", "10.99.0.254/24")
 	secrets := t.TempDir()
 	writeSecretFile(t, secrets, "rr", "a", "rr-s3cret")
@@ -213,7 +213,7 @@ func TestBIRDRouteReflector(t *testing.T) {
 		},
 		borrowed: map[string]string{"10.244.2.9": "node-a"},
 	}
-	bird := nettest.StartBIRD(t, rrNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 64512,
+	bird := startBIRD(t, rrNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 64512,
 		"  direct;\n  rr client;\n  rr cluster id 10.99.0.254;",
 		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; password "rr-s3cret"; }`,
 		`protocol bgp node_b from tabby { neighbor 10.99.0.2 as 64512; }`,
@@ -221,7 +221,7 @@ func TestBIRDRouteReflector(t *testing.T) {
 
 	sp := map[string]*speaker{}
 	for i, n := range c.nodes {
-		ns := nettest.NewNetns(t, fmt.Sprintf("rrc%d", i))
+		ns := netnstest.New(t, fmt.Sprintf("rrc%d", i))
 		lan.Attach(t, ns, "eth0", n.addr+"/24")
 		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{secretsDir: secrets})
 	}
@@ -242,7 +242,7 @@ func TestBIRDRouteReflector(t *testing.T) {
 		"node-b": {"10.244.1.0/26 via 10.99.0.1", "10.244.2.9/32 via 10.99.0.1"},
 	}
 	for _, n := range c.nodes {
-		nettest.Eventually(t, 20*time.Second, n.name+" RIB through the reflector", func() error {
+		netnstest.Eventually(t, 20*time.Second, n.name+" RIB through the reflector", func() error {
 			routes, err := sp[n.name].routes()
 			if err != nil {
 				return err
@@ -269,25 +269,25 @@ func TestBIRDRouteReflector(t *testing.T) {
 // through Learned() and routing's reconciler, with tabby's protocol (95); when BIRD
 // withdraws it, it leaves the kernel.
 func TestLearnedRouteInstalled(t *testing.T) {
-	nettest.RequireRoot(t, "birdc")
+	netnstest.RequireRoot(t, "birdc")
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "krtlan")
-	torNS := nettest.NewNetns(t, "krttor")
+	lan := netnstest.NewLAN(t, "krtlan")
+	torNS := netnstest.New(t, "krttor")
 	lan.Attach(t, torNS, "eth0", "10.99.0.254/24")
-	nodeNS := nettest.NewNetns(t, "krtnode")
+	nodeNS := netnstest.New(t, "krtnode")
 	lan.Attach(t, nodeNS, "eth0", "10.99.0.1/24")
 	c := &cluster{
 		nodes: []clusterNode{{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"}},
 		peers: map[string]datastore.BGPPeerSpec{"tor": {PeerIP: "10.99.0.254", ASNumber: 65000}},
 	}
-	bird := nettest.StartBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "",
+	bird := startBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "",
 		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; }`))
 	sp := newSpeaker(t, nodeNS, "node-a", c.snapshot(), speakerOptions{routing: true})
 	sp.waitEstablished(30*time.Second, "10.99.0.254")
 
-	routes := func() (string, error) { return nodeNS.Exec("ip", "-4", "route", "show", "proto", "95") }
-	nettest.Eventually(t, 30*time.Second, "203.0.113.0/24 installed with proto 95", func() error {
+	routes := func() (string, error) { return nodeNS.Try("ip", "-4", "route", "show", "proto", "95") }
+	netnstest.Eventually(t, 30*time.Second, "203.0.113.0/24 installed with proto 95", func() error {
 		out, err := routes()
 		if err != nil {
 			return err
@@ -304,7 +304,7 @@ func TestLearnedRouteInstalled(t *testing.T) {
 	if _, err := bird.Query("disable", "originated"); err != nil {
 		t.Fatal(err)
 	}
-	nettest.Eventually(t, 30*time.Second, "203.0.113.0/24 removed after BIRD withdrew it", func() error {
+	netnstest.Eventually(t, 30*time.Second, "203.0.113.0/24 removed after BIRD withdrew it", func() error {
 		out, err := routes()
 		if err != nil {
 			return err

@@ -7,31 +7,31 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/bgp"
-	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // TestSessionFailures: a wrong MD5 password, a closed TCP 179 and an AS mismatch each keep
 // a session down with INFO saying why, and readiness names every such peer.
 func TestSessionFailures(t *testing.T) {
-	nettest.RequireRoot(t, "birdc")
+	netnstest.RequireRoot(t, "birdc")
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "faillan")
-	nodeNS := nettest.NewNetns(t, "failnode")
+	lan := netnstest.NewLAN(t, "faillan")
+	nodeNS := netnstest.New(t, "failnode")
 	lan.Attach(t, nodeNS, "eth0", "10.99.0.1/24")
 	// .201: BIRD with another password. .202: a host where nothing listens on 179.
 	// .203: BIRD in AS 65003 while tabby expects 65099.
-	pwNS := nettest.NewNetns(t, "failpw")
+	pwNS := netnstest.New(t, "failpw")
 	lan.Attach(t, pwNS, "eth0", "10.99.0.201/24")
-	closedNS := nettest.NewNetns(t, "failclosed")
+	closedNS := netnstest.New(t, "failclosed")
 	lan.Attach(t, closedNS, "eth0", "10.99.0.202/24")
-	asNS := nettest.NewNetns(t, "failas")
+	asNS := netnstest.New(t, "failas")
 	lan.Attach(t, asNS, "eth0", "10.99.0.203/24")
 
-	nettest.StartBIRD(t, pwNS, filepath.Join(t.TempDir(), "bird-pw"), birdConfig("10.99.0.201", 65000, "",
+	startBIRD(t, pwNS, filepath.Join(t.TempDir(), "bird-pw"), birdConfig("10.99.0.201", 65000, "",
 		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; password "the-right-one"; }`))
-	nettest.StartBIRD(t, asNS, filepath.Join(t.TempDir(), "bird-as"), birdConfig("10.99.0.203", 65003, "",
+	startBIRD(t, asNS, filepath.Join(t.TempDir(), "bird-as"), birdConfig("10.99.0.203", 65003, "",
 		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; }`))
 
 	secrets := t.TempDir()
@@ -51,7 +51,7 @@ func TestSessionFailures(t *testing.T) {
 		"10.99.0.202": "Connect: connection refused",
 		"10.99.0.203": "OpenSent: bad peer AS",
 	}
-	nettest.Eventually(t, 30*time.Second, "sessions down with their reasons", func() error {
+	netnstest.Eventually(t, 30*time.Second, "sessions down with their reasons", func() error {
 		st, err := sp.statusByAddr()
 		if err != nil {
 			return err

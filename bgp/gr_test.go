@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/bgp"
-	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // birdProtocol returns `birdc show protocols all <name>`.
-func birdProtocol(bird *nettest.BIRD, name string) (string, error) {
+func birdProtocol(bird *birdProc, name string) (string, error) {
 	return bird.Query("show protocols all", name)
 }
 
@@ -33,7 +33,7 @@ func importWithdrawsReceived(proto string) (string, error) {
 }
 
 // birdHasRoute reports, as an error, that BIRD has no route to prefix from proto.
-func birdHasRoute(bird *nettest.BIRD, prefix, proto string) error {
+func birdHasRoute(bird *birdProc, prefix, proto string) error {
 	out, err := bird.Query("show route", prefix, "protocol", proto)
 	if err != nil {
 		return err
@@ -50,7 +50,7 @@ func birdHasRoute(bird *nettest.BIRD, prefix, proto string) error {
 // not the timestamp `show route` prints, tells whether a route was replaced: BIRD prints
 // a route's monotonic time converted to wall time at the moment of the query, and the
 // millisecond it shows can differ from one query to the next.
-func routeImports(bird *nettest.BIRD, proto, prefix string) ([]string, error) {
+func routeImports(bird *birdProc, proto, prefix string) ([]string, error) {
 	log, err := os.ReadFile(bird.Log)
 	if err != nil {
 		return nil, err
@@ -75,7 +75,7 @@ type presenceWatch struct {
 	missing []string
 }
 
-func watchPresence(bird *nettest.BIRD, prefix, proto string) *presenceWatch {
+func watchPresence(bird *birdProc, prefix, proto string) *presenceWatch {
 	w := &presenceWatch{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
@@ -110,20 +110,20 @@ func (w *presenceWatch) finish() (polls int, missing []string) {
 // Restart State bit and refreshes the routes without their ever being withdrawn. A
 // SIGTERM'd speaker sends no Cease, and BIRD keeps its routes again.
 func TestGracefulRestart(t *testing.T) {
-	nettest.RequireRoot(t, "birdc")
+	netnstest.RequireRoot(t, "birdc")
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "grlan")
-	torNS := nettest.NewNetns(t, "grtor")
+	lan := netnstest.NewLAN(t, "grlan")
+	torNS := netnstest.New(t, "grtor")
 	lan.Attach(t, torNS, "eth0", "10.99.0.254/24")
-	nodeNS := nettest.NewNetns(t, "grnode")
+	nodeNS := netnstest.New(t, "grnode")
 	lan.Attach(t, nodeNS, "eth0", "10.99.0.1/24")
 
 	c := &cluster{
 		nodes: []clusterNode{{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"}},
 		peers: map[string]datastore.BGPPeerSpec{"tor": {PeerIP: "10.99.0.254", ASNumber: 65000}},
 	}
-	bird := nettest.StartBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "debug { states, routes };",
+	bird := startBIRD(t, torNS, filepath.Join(t.TempDir(), "bird"), birdConfig("10.99.0.254", 65000, "debug { states, routes };",
 		`protocol bgp node_a from tabby { neighbor 10.99.0.1 as 64512; }`))
 	const restartTime = 30 * time.Second // announced to BIRD; the restart takes a few seconds
 	sp := newSpeaker(t, nodeNS, "node-a", c.snapshot(), speakerOptions{restartTime: restartTime})
@@ -148,10 +148,10 @@ func TestGracefulRestart(t *testing.T) {
 	watch := watchPresence(bird, prefix, "node_a")
 
 	// kill -9: the session drops without a word; BIRD keeps the routes for the restart time.
-	if err := sp.proc.Kill(syscall.SIGKILL); err != nil {
+	if err := sp.proc.Stop(syscall.SIGKILL, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	nettest.Eventually(t, 20*time.Second, "BIRD in graceful-restart helper mode", func() error {
+	netnstest.Eventually(t, 20*time.Second, "BIRD in graceful-restart helper mode", func() error {
 		proto, err := birdProtocol(bird, "node_a")
 		if err != nil {
 			return err
@@ -166,7 +166,7 @@ func TestGracefulRestart(t *testing.T) {
 	// routes after End-of-RIB; BIRD refreshes them in place.
 	sp.start()
 	sp.waitEstablished(30*time.Second, "10.99.0.254")
-	nettest.Eventually(t, 30*time.Second, "BIRD leaves graceful-restart mode", func() error {
+	netnstest.Eventually(t, 30*time.Second, "BIRD leaves graceful-restart mode", func() error {
 		proto, err := birdProtocol(bird, "node_a")
 		if err != nil {
 			return err
@@ -196,13 +196,13 @@ func TestGracefulRestart(t *testing.T) {
 	}
 
 	// SIGTERM: tabbyd's ordinary stop. No Cease; BIRD keeps the routes as for a crash.
-	if err := sp.proc.Kill(syscall.SIGTERM); err != nil {
+	if err := sp.proc.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if code := sp.proc.Cmd.ProcessState.ExitCode(); code != 0 {
+	if code := sp.proc.ExitCode(); code != 0 {
 		t.Errorf("speaker exited with %d on SIGTERM:\n%s", code, sp.log())
 	}
-	nettest.Eventually(t, 20*time.Second, "BIRD keeps the routes of a SIGTERM'd speaker", func() error {
+	netnstest.Eventually(t, 20*time.Second, "BIRD keeps the routes of a SIGTERM'd speaker", func() error {
 		proto, err := birdProtocol(bird, "node_a")
 		if err != nil {
 			return err
@@ -231,7 +231,7 @@ func TestGracefulRestart(t *testing.T) {
 	if err := sp.get("/stop", &stopped); err != nil {
 		t.Fatal(err)
 	}
-	nettest.Eventually(t, 20*time.Second, "BIRD drops the routes of a stopped speaker", func() error {
+	netnstest.Eventually(t, 20*time.Second, "BIRD drops the routes of a stopped speaker", func() error {
 		if log, _ := os.ReadFile(bird.Log); !strings.Contains(string(log), "node_a: Received: Peer de-configured") {
 			return fmt.Errorf("BIRD got no Cease (peer de-configured):\n%s", log)
 		}

@@ -22,8 +22,9 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tabby-net/tabby/bgp"
-	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/namedns"
+	"github.com/tabby-net/tabby/internal/netnstest"
 	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/routing"
 )
@@ -313,12 +314,12 @@ func runRouting(ctx context.Context, log *slog.Logger, node string, latest func(
 type speaker struct {
 	t        testing.TB
 	node     string
-	ns       nettest.Netns
+	ns       *netnstest.NS
 	dir      string
 	cfgPath  string
 	snapPath string
 	client   *http.Client
-	proc     *nettest.Proc
+	proc     *namedns.Process
 }
 
 type speakerOptions struct {
@@ -332,7 +333,7 @@ func fastTimers() bgp.Timers {
 	return bgp.Timers{ConnectRetry: time.Second, HoldTime: 9 * time.Second, KeepaliveInterval: 3 * time.Second}
 }
 
-func newSpeaker(t testing.TB, ns nettest.Netns, node string, snap *datastore.Snapshot, opts speakerOptions) *speaker {
+func newSpeaker(t testing.TB, ns *netnstest.NS, node string, snap *datastore.Snapshot, opts speakerOptions) *speaker {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), node)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -388,9 +389,9 @@ func (s *speaker) start() {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.proc = nettest.Start(s.t, s.ns, []string{helperEnv + "=" + s.cfgPath}, filepath.Join(s.dir, "speaker.log"), exe, "-test.run=^$")
-	nettest.Eventually(s.t, 10*time.Second, s.node+" control socket", func() error {
-		if s.proc.Exited() {
+	s.proc = netnstest.Start(s.t, s.ns, []string{helperEnv + "=" + s.cfgPath}, filepath.Join(s.dir, "speaker.log"), exe, "-test.run=^$")
+	netnstest.Eventually(s.t, 10*time.Second, s.node+" control socket", func() error {
+		if !s.proc.Running() {
 			s.t.Fatalf("speaker %s exited:\n%s", s.node, s.log())
 		}
 		_, err := s.status()
@@ -468,7 +469,7 @@ func (s *speaker) statusByAddr() (map[string]statusapi.Peer, error) {
 func (s *speaker) waitEstablished(timeout time.Duration, peers ...string) map[string]statusapi.Peer {
 	s.t.Helper()
 	var got map[string]statusapi.Peer
-	nettest.Eventually(s.t, timeout, s.node+" sessions established with "+fmt.Sprint(peers), func() error {
+	netnstest.Eventually(s.t, timeout, s.node+" sessions established with "+fmt.Sprint(peers), func() error {
 		st, err := s.statusByAddr()
 		if err != nil {
 			return err

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/bgp/internal/nettest"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // cluster builds snapshots for the integration tests: one pool 10.244.0.0/16 (Direct),
@@ -89,8 +89,8 @@ func (c *cluster) without(name string) *cluster {
 
 // bgpConns lists the established TCP connections to or from port 179 in a namespace, as
 // "local peer" address pairs.
-func bgpConns(ns nettest.Netns) ([][2]netip.AddrPort, error) {
-	out, err := ns.Exec("ss", "-tnH", "state", "established")
+func bgpConns(ns *netnstest.NS) ([][2]netip.AddrPort, error) {
+	out, err := ns.Try("ss", "-tnH", "state", "established")
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func bgpConns(ns nettest.Netns) ([][2]netip.AddrPort, error) {
 
 // onePerPeer checks that a namespace has exactly one BGP connection with each peer and
 // none with anyone else, and returns them by peer address.
-func onePerPeer(ns nettest.Netns, peers ...string) (map[string][2]netip.AddrPort, error) {
+func onePerPeer(ns *netnstest.NS, peers ...string) (map[string][2]netip.AddrPort, error) {
 	conns, err := bgpConns(ns)
 	if err != nil {
 		return nil, err
@@ -142,20 +142,20 @@ func onePerPeer(ns nettest.Netns, peers ...string) (map[string][2]netip.AddrPort
 // mesh from a snapshot; a fourth joins without disturbing the existing sessions, then
 // leaves and is torn down.
 func TestMeshThreeNodes(t *testing.T) {
-	nettest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "meshlan")
+	lan := netnstest.NewLAN(t, "meshlan")
 	all := []clusterNode{
 		{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"},
 		{name: "node-b", addr: "10.99.0.2", block: "10.244.2.0/26"},
 		{name: "node-c", addr: "10.99.0.3", block: "10.244.3.0/26"},
 		{name: "node-d", addr: "10.99.0.4", block: "10.244.4.0/26"},
 	}
-	ns := map[string]nettest.Netns{}
+	ns := map[string]*netnstest.NS{}
 	addr := map[string]string{}
 	for _, n := range all {
-		ns[n.name] = nettest.NewNetns(t, "mesh"+n.name[len(n.name)-1:])
+		ns[n.name] = netnstest.New(t, "mesh"+n.name[len(n.name)-1:])
 		lan.Attach(t, ns[n.name], "eth0", n.addr+"/24")
 		addr[n.name] = n.addr
 	}
@@ -192,7 +192,7 @@ func TestMeshThreeNodes(t *testing.T) {
 	// Exactly one TCP session per pair: each namespace has one connection with each peer.
 	conns := map[string]map[string][2]netip.AddrPort{}
 	for _, n := range abc {
-		nettest.Eventually(t, 10*time.Second, n+": one TCP connection per peer", func() error {
+		netnstest.Eventually(t, 10*time.Second, n+": one TCP connection per peer", func() error {
 			c, err := onePerPeer(ns[n], others(n, abc)...)
 			conns[n] = c
 			return err
@@ -216,7 +216,7 @@ func TestMeshThreeNodes(t *testing.T) {
 	}
 	checkRIB := func(n string, nodes []clusterNode) {
 		t.Helper()
-		nettest.Eventually(t, 20*time.Second, n+" RIB", func() error {
+		netnstest.Eventually(t, 20*time.Second, n+" RIB", func() error {
 			routes, err := sp[n].routes()
 			if err != nil {
 				return err
@@ -261,7 +261,7 @@ func TestMeshThreeNodes(t *testing.T) {
 		}
 	}
 	for _, n := range abc {
-		nettest.Eventually(t, 10*time.Second, n+": one TCP connection per peer with node-d", func() error {
+		netnstest.Eventually(t, 10*time.Second, n+": one TCP connection per peer with node-d", func() error {
 			c, err := onePerPeer(ns[n], others(n, abcd)...)
 			if err != nil {
 				return err
@@ -287,7 +287,7 @@ func TestMeshThreeNodes(t *testing.T) {
 				t.Errorf("%s: session with %s was reset when node-d left", n, a)
 			}
 		}
-		nettest.Eventually(t, 20*time.Second, n+": node-d's connection closed", func() error {
+		netnstest.Eventually(t, 20*time.Second, n+": node-d's connection closed", func() error {
 			_, err := onePerPeer(ns[n], others(n, abc)...)
 			return err
 		})
@@ -299,10 +299,10 @@ func TestMeshThreeNodes(t *testing.T) {
 // reflects between the nodes a BGPPeer's peerSelector points at it; each client learns the
 // other's block with the other client as next hop.
 func TestTabbyRouteReflector(t *testing.T) {
-	nettest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "trrlan")
+	lan := netnstest.NewLAN(t, "trrlan")
 	c := &cluster{
 		nodes: []clusterNode{
 			{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"},
@@ -317,7 +317,7 @@ func TestTabbyRouteReflector(t *testing.T) {
 	}
 	sp := map[string]*speaker{}
 	for _, n := range c.nodes {
-		ns := nettest.NewNetns(t, "trr"+n.name[len(n.name)-1:])
+		ns := netnstest.New(t, "trr"+n.name[len(n.name)-1:])
 		lan.Attach(t, ns, "eth0", n.addr+"/24")
 		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{})
 	}
@@ -331,7 +331,7 @@ func TestTabbyRouteReflector(t *testing.T) {
 		"node-rr": {"10.244.1.0/26 via 10.99.0.1", "10.244.2.0/26 via 10.99.0.2"},
 	}
 	for name, routes := range want {
-		nettest.Eventually(t, 20*time.Second, name+" RIB through the tabby reflector", func() error {
+		netnstest.Eventually(t, 20*time.Second, name+" RIB through the tabby reflector", func() error {
 			got, err := sp[name].routes()
 			if err != nil {
 				return err
@@ -351,10 +351,10 @@ func TestTabbyRouteReflector(t *testing.T) {
 // the session only through the TCP-MD5 key on its listener, which needs Go's MPTCP default
 // off (godebug multipathtcp=0 in go.mod).
 func TestMeshPassword(t *testing.T) {
-	nettest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "md5lan")
+	lan := netnstest.NewLAN(t, "md5lan")
 	secrets := t.TempDir()
 	writeSecretFile(t, secrets, "bgp-secrets", "mesh", "m3sh-passw0rd")
 	c := &cluster{
@@ -366,7 +366,7 @@ func TestMeshPassword(t *testing.T) {
 	}
 	sp := map[string]*speaker{}
 	for _, n := range c.nodes {
-		ns := nettest.NewNetns(t, "md5"+n.name[len(n.name)-1:])
+		ns := netnstest.New(t, "md5"+n.name[len(n.name)-1:])
 		lan.Attach(t, ns, "eth0", n.addr+"/24")
 		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{secretsDir: secrets})
 	}
@@ -384,17 +384,17 @@ func TestMeshPassword(t *testing.T) {
 // Changed twice more, the speaker still runs one GoBGP server: a stopped server is
 // started again with the new identity, since GoBGP v3's management loop never ends.
 func TestIdentityChange(t *testing.T) {
-	nettest.RequireRoot(t)
+	netnstest.RequireRoot(t)
 	t.Parallel()
 
-	lan := nettest.NewLAN(t, "idlan")
+	lan := netnstest.NewLAN(t, "idlan")
 	c := &cluster{nodes: []clusterNode{
 		{name: "node-a", addr: "10.99.0.1", block: "10.244.1.0/26"},
 		{name: "node-b", addr: "10.99.0.2", block: "10.244.2.0/26"},
 	}}
 	sp := map[string]*speaker{}
 	for _, n := range c.nodes {
-		ns := nettest.NewNetns(t, "id"+n.name[len(n.name)-1:])
+		ns := netnstest.New(t, "id"+n.name[len(n.name)-1:])
 		lan.Attach(t, ns, "eth0", n.addr+"/24")
 		sp[n.name] = newSpeaker(t, ns, n.name, c.snapshot(), speakerOptions{})
 	}
@@ -405,7 +405,7 @@ func TestIdentityChange(t *testing.T) {
 	for _, s := range sp {
 		s.update(c.snapshot())
 	}
-	nettest.Eventually(t, 30*time.Second, "node-b restarts its BGP server in AS 65002", func() error {
+	netnstest.Eventually(t, 30*time.Second, "node-b restarts its BGP server in AS 65002", func() error {
 		if !strings.Contains(sp["node-b"].log(), `BGP server started" subsystem=bgp router_id=10.99.0.2 as=65002`) {
 			return fmt.Errorf("no restart in the log yet")
 		}
@@ -416,7 +416,7 @@ func TestIdentityChange(t *testing.T) {
 		t.Errorf("the session with node-b was not re-established: since %v, before %v", after["10.99.0.2"].Since, before["10.99.0.2"].Since)
 	}
 	sp["node-b"].waitEstablished(30*time.Second, "10.99.0.1")
-	nettest.Eventually(t, 20*time.Second, "node-a learns node-b's block over eBGP", func() error {
+	netnstest.Eventually(t, 20*time.Second, "node-a learns node-b's block over eBGP", func() error {
 		routes, err := sp["node-a"].routes()
 		if err != nil {
 			return err
@@ -432,7 +432,7 @@ func TestIdentityChange(t *testing.T) {
 		for _, s := range sp {
 			s.update(c.snapshot())
 		}
-		nettest.Eventually(t, 30*time.Second, fmt.Sprintf("node-b restarts its BGP server in AS %d", as), func() error {
+		netnstest.Eventually(t, 30*time.Second, fmt.Sprintf("node-b restarts its BGP server in AS %d", as), func() error {
 			if !strings.Contains(sp["node-b"].log(), fmt.Sprintf(`BGP server started" subsystem=bgp router_id=10.99.0.2 as=%d`, as)) {
 				return fmt.Errorf("no restart in the log yet")
 			}

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // RouterAS is the router's AS when BIRD runs on it; the hosts keep tabby's default 64512,
@@ -98,7 +100,7 @@ func (c *Cluster) SetBird(ctx context.Context, on bool) error {
 // BirdRoutes returns the routes the router's BIRD has learned and uses, one per prefix
 // (`birdc show route primary`: every host offers every block, keeping its next hop).
 func (c *Cluster) BirdRoutes(ctx context.Context) (string, error) {
-	cmd := Command(c.Topo.RouterNS(), "birdc", "-s", c.BirdSocket(), "show", "route", "primary")
+	cmd := namedns.Command(c.Topo.RouterNS(), "birdc", "-s", c.BirdSocket(), "show", "route", "primary")
 	out, err := cmdOutputCombined(ctx, cmd)
 	if err != nil {
 		return "", fmt.Errorf("birdc show route: %w: %s", err, out)

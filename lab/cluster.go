@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // Workload is a pod of the articles: a network namespace plugged into a host by tabby-cni.
@@ -209,7 +211,7 @@ func (c *Cluster) sayLogTails(lines int) {
 // SIGTERM at once, SIGKILL after a grace period.
 func (c *Cluster) Down() error {
 	var errs []error
-	names, err := listNamedNS(c.Topo.Prefix + "-")
+	names, err := namedns.List(c.Topo.Prefix + "-")
 	errs = append(errs, err)
 	inNS, err := procsInNamespaces(names)
 	errs = append(errs, err)
@@ -223,7 +225,7 @@ func (c *Cluster) Down() error {
 			errs = append(errs, fmt.Errorf("process %d of the lab still runs", pid))
 		}
 	}
-	if left, err := listNamedNS(c.Topo.Prefix + "-"); err == nil && len(left) > 0 {
+	if left, err := namedns.List(c.Topo.Prefix + "-"); err == nil && len(left) > 0 {
 		errs = append(errs, fmt.Errorf("namespaces left: %s", strings.Join(left, ", ")))
 	}
 	return errors.Join(errs...)
@@ -290,7 +292,7 @@ func (c *Cluster) ctlWithInput(ctx context.Context, host string, stdin io.Reader
 		return "", fmt.Errorf("unknown host %q", host)
 	}
 	all := append([]string{"--endpoints", c.EtcdEndpoint(h)}, args...)
-	cmd := Command(c.Topo.HostNS(host), ctl, all...)
+	cmd := namedns.Command(c.Topo.HostNS(host), ctl, all...)
 	cmd.Stdin = stdin
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -485,12 +487,12 @@ func (c *Cluster) AddWorkload(ctx context.Context, w Workload) (netip.Addr, erro
 		return netip.Addr{}, fmt.Errorf("workload %s: unknown host %q", w.Name, w.Host)
 	}
 	ns := c.PodNS(w.Name)
-	if err := createNamedNS(ns); err != nil {
+	if err := namedns.Create(ns); err != nil {
 		return netip.Addr{}, err
 	}
 	out, err := c.cni(ctx, h, "ADD", w.Name, ns)
 	if err != nil {
-		_ = deleteNamedNS(ns)
+		_ = namedns.Delete(ns)
 		return netip.Addr{}, fmt.Errorf("workload %s on %s: %w", w.Name, w.Host, err)
 	}
 	var res cniResult
@@ -512,7 +514,7 @@ func (c *Cluster) DelWorkload(ctx context.Context, w Workload) error {
 		return fmt.Errorf("workload %s: unknown host %q", w.Name, w.Host)
 	}
 	_, err := c.cni(ctx, h, "DEL", w.Name, c.PodNS(w.Name))
-	return errors.Join(err, deleteNamedNS(c.PodNS(w.Name)), os.Remove(filepath.Join(c.StateDir, w.Name+".ip")))
+	return errors.Join(err, namedns.Delete(c.PodNS(w.Name)), os.Remove(filepath.Join(c.StateDir, w.Name+".ip")))
 }
 
 func (c *Cluster) cni(ctx context.Context, h Host, command, pod, ns string) ([]byte, error) {
@@ -520,11 +522,11 @@ func (c *Cluster) cni(ctx context.Context, h Host, command, pod, ns string) ([]b
 	if err != nil {
 		return nil, err
 	}
-	cmd := Command(c.Topo.HostNS(h.Name), plugin)
+	cmd := namedns.Command(c.Topo.HostNS(h.Name), plugin)
 	cmd.Env = append(os.Environ(),
 		"CNI_COMMAND="+command,
 		"CNI_CONTAINERID="+c.Topo.Prefix+"-"+pod,
-		"CNI_NETNS="+NSPath(ns),
+		"CNI_NETNS="+namedns.Path(ns),
 		"CNI_IFNAME=eth0",
 		"CNI_PATH="+filepath.Dir(plugin),
 	)
@@ -601,7 +603,7 @@ func (c *Cluster) PingMatrix(ctx context.Context, withOutside bool) ([]PingResul
 // pingOnce sends up to three pings and reports whether one came back; the retries absorb
 // the first packet's ARP and route resolution.
 func pingOnce(ctx context.Context, ns, dst string) bool {
-	cmd := Command(ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3", dst)
+	cmd := namedns.Command(ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3", dst)
 	return runCtx(ctx, cmd) == nil
 }
 

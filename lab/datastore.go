@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // Datastore connects this process to the lab's etcd. The root namespace has no route to
@@ -24,7 +25,7 @@ func (c *Cluster) Datastore() (*datastore.Client, error) {
 		Endpoints:   []string{endpoint},
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return DialInNS(ctx, ns, "tcp", addr)
+			return namedns.Dial(ctx, ns, "tcp", addr)
 		})},
 		// The client's own retries would otherwise log to stderr through zap.
 		Logger: zap.NewNop(),
@@ -33,16 +34,4 @@ func (c *Cluster) Datastore() (*datastore.Client, error) {
 		return nil, fmt.Errorf("etcd client for the lab (%s in %s): %w", endpoint, ns, err)
 	}
 	return datastore.NewFromEtcd(cli, ""), nil
-}
-
-// DialInNS opens a connection from inside a named namespace.
-func DialInNS(ctx context.Context, nsName, network, addr string) (net.Conn, error) {
-	var conn net.Conn
-	err := InNS(nsName, func() error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		conn = c
-		return err
-	})
-	return conn, err
 }

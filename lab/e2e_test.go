@@ -27,6 +27,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // e2eBinaries returns a directory with tabbyd, tabbyctl, tabby-cni and tabbylab: the one
@@ -133,7 +135,7 @@ func (l *e2eLab) recordPIDs(t *testing.T) {
 
 // checkGone fails the test if a namespace or a process of the lab survived Down.
 func (l *e2eLab) checkGone(t *testing.T) {
-	if left, err := listNamedNS(l.Topo.Prefix + "-"); err != nil || len(left) > 0 {
+	if left, err := namedns.List(l.Topo.Prefix + "-"); err != nil || len(left) > 0 {
 		t.Errorf("namespaces left behind: %v (%v)", left, err)
 	}
 	for pid := range l.pids {
@@ -413,7 +415,7 @@ func TestE2E(t *testing.T) {
 		}
 		// A full-size pod packet (pod MTU 1450: 1422 bytes of ICMP payload) with DF set.
 		big := func() bool {
-			return Command(l.PodNS("pod-1"), "ping", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", pod2.String()).Run() == nil
+			return namedns.Command(l.PodNS("pod-1"), "ping", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", pod2.String()).Run() == nil
 		}
 		if !big() {
 			t.Fatal("a full-size pod packet does not cross before the fault")
@@ -578,7 +580,7 @@ func TestE2E(t *testing.T) {
 		birdOn = false
 		pod3, _ := l.WorkloadIP("pod-3")
 		waitFor(t, l.ctx, 30*time.Second, "router forgets the blocks", func() string {
-			out, err := Command(l.Topo.RouterNS(), "ip", "route", "get", pod3.String()).CombinedOutput()
+			out, err := namedns.Command(l.Topo.RouterNS(), "ip", "route", "get", pod3.String()).CombinedOutput()
 			if err == nil {
 				return "router still routes " + pod3.String() + ": " + string(out)
 			}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // Fault is a failure of the fabric that the articles met on AWS, injected in the router's
@@ -111,7 +113,7 @@ func (t *Topology) SetFault(f Fault, on bool) error {
 // ActiveFaults reads which faults are on.
 func (t *Topology) ActiveFaults() ([]Fault, error) {
 	var out []Fault
-	cmd := Command(t.RouterNS(), "nft", "list", "table", "bridge", nftTable)
+	cmd := namedns.Command(t.RouterNS(), "nft", "list", "table", "bridge", nftTable)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	// A missing table means no nft fault is on.
@@ -152,7 +154,7 @@ func (t *Topology) applyNFT(want map[Fault]bool) error {
 		}
 		b.WriteString("  }\n}\n")
 	}
-	cmd := Command(t.RouterNS(), "nft", "-f", "-")
+	cmd := namedns.Command(t.RouterNS(), "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(b.String())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("nft in %s: %v: %s", t.RouterNS(), err, bytes.TrimSpace(out))
@@ -163,7 +165,7 @@ func (t *Topology) applyNFT(want map[Fault]bool) error {
 // setFabricMTU sets the MTU of the router's side of every link. The hosts keep theirs,
 // so the mismatch is invisible to them until a large packet disappears.
 func (t *Topology) setFabricMTU(mtu int) error {
-	h, err := nsHandle(t.RouterNS())
+	h, err := namedns.Handle(t.RouterNS())
 	if err != nil {
 		return err
 	}
@@ -188,7 +190,7 @@ func (t *Topology) setFabricMTU(mtu int) error {
 }
 
 func (t *Topology) fabricMTU() (int, error) {
-	h, err := nsHandle(t.RouterNS())
+	h, err := namedns.Handle(t.RouterNS())
 	if err != nil {
 		return 0, err
 	}

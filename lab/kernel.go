@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // NoIPIPMessage is how the lab says that the IP-in-IP modes cannot run here; the demo
@@ -23,12 +25,12 @@ func (t *Topology) HasIPIP() (bool, error) {
 		return false, err
 	} else if !exists || !nsExists(ns) {
 		ns = t.Prefix + "-ipipcheck"
-		if err := createNamedNS(ns); err != nil {
+		if err := namedns.Create(ns); err != nil {
 			return false, err
 		}
-		defer func() { _ = deleteNamedNS(ns) }()
+		defer func() { _ = namedns.Delete(ns) }()
 	}
-	h, err := nsHandle(ns)
+	h, err := namedns.Handle(ns)
 	if err != nil {
 		return false, err
 	}
@@ -54,7 +56,7 @@ func (t *Topology) HasIPIP() (bool, error) {
 }
 
 func nsExists(name string) bool {
-	names, err := listNamedNS(name)
+	names, err := namedns.List(name)
 	if err != nil {
 		return false
 	}

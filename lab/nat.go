@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // natChain is tabby's NAT outgoing chain (SPEC §6), named here rather than imported from
@@ -23,7 +25,7 @@ func (t *Topology) NATRulePresent(ctx context.Context, host string) (bool, error
 			continue
 		}
 		found++
-		cmd := Command(t.HostNS(host), path, "-t", "nat")
+		cmd := namedns.Command(t.HostNS(host), path, "-t", "nat")
 		out, err := cmdOutput(ctx, cmd)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", save, err))

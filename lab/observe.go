@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // OutsideView is what the outside host saw of one pod's ping: the source address the echo
@@ -28,7 +30,7 @@ type OutsideView struct {
 // routed. Each pod's pings carry their own payload pattern, so the pods are told apart.
 func (c *Cluster) ObserveOutside(ctx context.Context) ([]OutsideView, error) {
 	var pc net.PacketConn
-	if err := InNS(c.Topo.OutsideNS(), func() error {
+	if err := namedns.Do(c.Topo.OutsideNS(), func() error {
 		var err error
 		pc, err = net.ListenPacket("ip4:icmp", c.Topo.Outside.Addr.Addr().String())
 		return err
@@ -81,7 +83,7 @@ func (c *Cluster) ObserveOutside(ctx context.Context) ([]OutsideView, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := Command(c.PodNS(w.Name), "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3",
+			cmd := namedns.Command(c.PodNS(w.Name), "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-w", "3",
 				"-p", hex.EncodeToString(patterns[w.Name]), dst)
 			out[i] = OutsideView{Pod: w.Name, Reply: runCtx(ctx, cmd) == nil}
 		}()

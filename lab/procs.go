@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // Process is a long-running program the lab started inside one of its namespaces.
@@ -30,7 +32,7 @@ func startInNS(ns, logFile, pidFile string, env []string, name string, args ...s
 		return nil, fmt.Errorf("log file for %s: %w", name, err)
 	}
 	defer lf.Close()
-	cmd := Command(ns, name, args...)
+	cmd := namedns.Command(ns, name, args...)
 	cmd.Stdout = lf
 	cmd.Stderr = lf
 	cmd.Env = append(os.Environ(), env...)
@@ -111,7 +113,7 @@ func pidRuns(pid int, wantExe string) bool {
 // ProcessesInLab returns the PIDs of every process whose network namespace is one of the
 // lab's (prefix-*), matched by namespace inode.
 func (t *Topology) ProcessesInLab() ([]int, error) {
-	names, err := listNamedNS(t.Prefix + "-")
+	names, err := namedns.List(t.Prefix + "-")
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +125,7 @@ func procsInNamespaces(names []string) ([]int, error) {
 	inodes := map[uint64]bool{}
 	for _, n := range names {
 		var st unix.Stat_t
-		if err := unix.Stat(NSPath(n), &st); err == nil {
+		if err := unix.Stat(namedns.Path(n), &st); err == nil {
 			inodes[st.Ino] = true
 		}
 	}

@@ -11,13 +11,15 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // RouteTable renders a host's main routing table the way `route -n` prints it, which is
 // how the articles show each mode, with one more column naming the route's protocol so
 // that tabby's routes (proto tabby) stand out.
 func (t *Topology) RouteTable(w io.Writer, host string) error {
-	h, err := nsHandle(t.HostNS(host))
+	h, err := namedns.Handle(t.HostNS(host))
 	if err != nil {
 		return err
 	}
@@ -107,7 +109,7 @@ func protoName(p int) string {
 // (`nhid N`) is left out: its number is an allocation detail, and iproute2 prints the
 // object's gateway and device beside it.
 func (t *Topology) TabbyRoutes(host string) ([]string, error) {
-	out, err := Command(t.HostNS(host), "ip", "-4", "route", "show", "table", "main").Output()
+	out, err := namedns.Command(t.HostNS(host), "ip", "-4", "route", "show", "table", "main").Output()
 	if err != nil {
 		return nil, fmt.Errorf("ip route in %s: %w", host, err)
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // runCtx runs a command and kills it when ctx ends.
@@ -69,7 +71,7 @@ func threadStates(pid int) string {
 // connected it stays there.
 func readiness(ctx context.Context, ns string) (bool, string, error) {
 	var conn net.Conn
-	err := InNS(ns, func() error {
+	err := namedns.Do(ns, func() error {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", "127.0.0.1:9099")
 		conn = c

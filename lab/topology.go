@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // Segment is one subnet of the fabric: a bridge in the router's namespace that carries the
@@ -136,7 +138,7 @@ func (t *Topology) Build() (err error) {
 	if err := t.validate(); err != nil {
 		return err
 	}
-	existing, err := listNamedNS(t.Prefix + "-")
+	existing, err := namedns.List(t.Prefix + "-")
 	if err != nil {
 		return err
 	}
@@ -149,7 +151,7 @@ func (t *Topology) Build() (err error) {
 		}
 	}()
 	for _, ns := range t.namespaces() {
-		if err := createNamedNS(ns); err != nil {
+		if err := namedns.Create(ns); err != nil {
 			return err
 		}
 	}
@@ -170,13 +172,13 @@ func (t *Topology) Build() (err error) {
 // Destroy removes every namespace whose name starts with the lab's prefix. Links die with
 // their namespaces. It is safe to call on a half-built or absent lab.
 func (t *Topology) Destroy() error {
-	names, err := listNamedNS(t.Prefix + "-")
+	names, err := namedns.List(t.Prefix + "-")
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, n := range names {
-		if err := deleteNamedNS(n); err != nil {
+		if err := namedns.Delete(n); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -185,7 +187,7 @@ func (t *Topology) Destroy() error {
 
 // Exists reports whether any namespace of the lab is present.
 func (t *Topology) Exists() (bool, error) {
-	names, err := listNamedNS(t.Prefix + "-")
+	names, err := namedns.List(t.Prefix + "-")
 	return len(names) > 0, err
 }
 
@@ -221,7 +223,7 @@ func (t *Topology) validate() error {
 
 func (t *Topology) buildRouter() error {
 	ns := t.RouterNS()
-	h, err := nsHandle(ns)
+	h, err := namedns.Handle(ns)
 	if err != nil {
 		return err
 	}
@@ -243,7 +245,7 @@ func (t *Topology) buildRouter() error {
 	}
 	// A VPC router forwards between its subnets and drops what it has no route for: it
 	// has only its connected routes, no default.
-	return writeSysctl(ns, "net.ipv4.ip_forward", "1")
+	return namedns.WriteSysctl(ns, "net.ipv4.ip_forward", "1")
 }
 
 func (t *Topology) buildHost(host Host) error {
@@ -251,7 +253,7 @@ func (t *Topology) buildHost(host Host) error {
 	if err := t.veth(t.RouterNS(), portName(host.Name), hostNS, NIC, bridgeName(host.Segment)); err != nil {
 		return err
 	}
-	h, err := nsHandle(hostNS)
+	h, err := namedns.Handle(hostNS)
 	if err != nil {
 		return err
 	}
@@ -273,14 +275,14 @@ func (t *Topology) buildHost(host Host) error {
 		return fmt.Errorf("default route via %s: %w", gw, err)
 	}
 	// A host that routes workloads forwards packets, as Felix configures it.
-	return writeSysctl(hostNS, "net.ipv4.ip_forward", "1")
+	return namedns.WriteSysctl(hostNS, "net.ipv4.ip_forward", "1")
 }
 
 func (t *Topology) buildOutside() error {
 	if err := t.veth(t.RouterNS(), "p-outside", t.OutsideNS(), NIC, ""); err != nil {
 		return err
 	}
-	rh, err := nsHandle(t.RouterNS())
+	rh, err := namedns.Handle(t.RouterNS())
 	if err != nil {
 		return err
 	}
@@ -291,7 +293,7 @@ func (t *Topology) buildOutside() error {
 	if err := linkUp(rh, "p-outside"); err != nil {
 		return err
 	}
-	h, err := nsHandle(t.OutsideNS())
+	h, err := namedns.Handle(t.OutsideNS())
 	if err != nil {
 		return err
 	}
@@ -318,12 +320,12 @@ func (t *Topology) buildOutside() error {
 // veth creates a veth pair with one end (aName) in namespace a, enslaved to bridge when
 // bridge is not empty, and the other end (bName) in namespace b.
 func (t *Topology) veth(a, aName, b, bName, bridge string) error {
-	ah, err := nsHandle(a)
+	ah, err := namedns.Handle(a)
 	if err != nil {
 		return err
 	}
 	defer ah.Close()
-	bfd, err := nsFd(b)
+	bfd, err := namedns.Open(b)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 func requireRoot(t *testing.T) {
@@ -29,7 +31,7 @@ func testTopology(t *testing.T) *Topology {
 		if err := topo.Destroy(); err != nil {
 			t.Errorf("destroy: %v", err)
 		}
-		if left, _ := listNamedNS(topo.Prefix + "-"); len(left) > 0 {
+		if left, _ := namedns.List(topo.Prefix + "-"); len(left) > 0 {
 			t.Errorf("namespaces left behind: %v", left)
 		}
 	})
@@ -43,7 +45,7 @@ func ping(t *testing.T, ns, dst string, extra ...string) bool {
 	t.Helper()
 	args := append([]string{"-c", "1", "-W", "1"}, extra...)
 	args = append(args, dst)
-	return Command(ns, "ping", args...).Run() == nil
+	return namedns.Command(ns, "ping", args...).Run() == nil
 }
 
 func TestArticlesTopologyConnectivity(t *testing.T) {
@@ -55,7 +57,7 @@ func TestArticlesTopologyConnectivity(t *testing.T) {
 		}
 	}
 	// The router has no route for workload addresses: it forwards only what it knows.
-	out, err := Command(topo.RouterNS(), "ip", "route", "get", "192.168.1.1").CombinedOutput()
+	out, err := namedns.Command(topo.RouterNS(), "ip", "route", "get", "192.168.1.1").CombinedOutput()
 	if err == nil {
 		t.Errorf("router has a route for a workload address: %s", out)
 	}

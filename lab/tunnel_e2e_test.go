@@ -7,12 +7,14 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // tunnelRx reads the receive counter of a host's tunl0.
 func (l *e2eLab) tunnelRx(t *testing.T, host string) uint64 {
 	t.Helper()
-	h, err := nsHandle(l.Topo.HostNS(host))
+	h, err := namedns.Handle(l.Topo.HostNS(host))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +80,7 @@ func (l *e2eLab) checkTunl0(t *testing.T) {
 		}
 	}
 	for _, host := range l.Topo.Hosts {
-		h, err := nsHandle(l.Topo.HostNS(host.Name))
+		h, err := namedns.Handle(l.Topo.HostNS(host.Name))
 		if err != nil {
 			t.Fatal(err)
 		}

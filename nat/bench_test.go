@@ -6,6 +6,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // BenchmarkPlanSteadyState is the pure part of a periodic check: parse iptables-save output
@@ -34,7 +36,7 @@ func BenchmarkPlanSteadyState(b *testing.B) {
 func newBenchSyncer(b *testing.B, mode string) *syncer {
 	requireRoot(b)
 	requireBackend(b, mode)
-	ns := newNetNS(b, "natbench")
+	ns := netnstest.New(b, "natbench")
 	r := nsRunner(b, ns)
 	nl, err := netlink.NewHandleAt(r.ns, unix.NETLINK_NETFILTER)
 	if err != nil {

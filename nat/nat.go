@@ -84,6 +84,10 @@ type Status struct {
 	// Repairs counts the periodic checks that found the kernel changed behind tabby's back
 	// and put it right.
 	Repairs uint64
+	// Checks counts the refresh ticks handled: each a successful re-check of the kernel
+	// against the applied state, or nothing while no desired state is known yet. Tests
+	// wait on it to know that periodic checks really ran.
+	Checks uint64
 }
 
 // NAT is the reconciler of tabby's NAT outgoing state on one host. Producers call Set; Run
@@ -204,6 +208,7 @@ func (n *NAT) Run(ctx context.Context) error {
 	var applied *Desired // the last desired state applied in full
 
 	for {
+		tick := false
 		select {
 		case <-ctx.Done():
 			return nil
@@ -216,10 +221,14 @@ func (n *NAT) Run(ctx context.Context) error {
 			}
 			d = &next
 		case <-ticker.C:
+			tick = true
 		case <-retryC:
 			retryC = nil
 		}
 		if d == nil {
+			if tick {
+				n.updateStatus(func(st *Status) { st.Checks++ })
+			}
 			continue
 		}
 		periodic := applied != nil && applied.Equal(*d)
@@ -256,6 +265,9 @@ func (n *NAT) Run(ctx context.Context) error {
 			st.ForwardAccept = res.forwardAccept
 			if periodic && len(res.changes) > 0 {
 				st.Repairs++
+			}
+			if tick {
+				st.Checks++
 			}
 		})
 		switch {

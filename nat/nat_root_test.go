@@ -12,6 +12,8 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 const testInterval = 200 * time.Millisecond
@@ -29,7 +31,7 @@ func forEachBackend(t *testing.T, test func(t *testing.T, mode string)) {
 
 func TestKernelRulesAndSets(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode string) {
-		ns := newNetNS(t, "natrules")
+		ns := netnstest.New(t, "natrules")
 		n, _ := startNAT(t, ns, mode, testInterval)
 		n.Set(masqDesired)
 		waitSynced(t, n)
@@ -59,7 +61,7 @@ func TestKernelRulesAndSets(t *testing.T) {
 
 		// Where FORWARD drops (docker's hosts), pool traffic is accepted by tabby-FORWARD,
 		// and the chain goes again when the policy accepts.
-		inNS(t, ns, "iptables-"+mode, "-P", "FORWARD", "DROP")
+		ns.Run(t, "iptables-"+mode, "-P", "FORWARD", "DROP")
 		eventually(t, "tabby-FORWARD", func() bool {
 			s := saveTable(t, ns, mode, tableFilter)
 			return strings.Contains(s, "-A FORWARD -m comment") &&
@@ -67,7 +69,7 @@ func TestKernelRulesAndSets(t *testing.T) {
 				strings.Contains(s, "-m set --match-set tabby40all-ipam-pools src -j ACCEPT") &&
 				strings.Contains(s, "-m set --match-set tabby40all-ipam-pools dst -j ACCEPT")
 		})
-		inNS(t, ns, "iptables-"+mode, "-P", "FORWARD", "ACCEPT")
+		ns.Run(t, "iptables-"+mode, "-P", "FORWARD", "ACCEPT")
 		eventually(t, "tabby-FORWARD to go", func() bool { return !strings.Contains(saveTable(t, ns, mode, tableFilter), "tabby") })
 	})
 }
@@ -82,7 +84,7 @@ type watcher struct {
 	done           chan struct{}
 }
 
-func startWatcher(t *testing.T, ns, mode string, stable string) *watcher {
+func startWatcher(t *testing.T, ns *netnstest.NS, mode string, stable string) *watcher {
 	t.Helper()
 	r := nsRunner(t, ns)
 	b, err := findBackend(context.Background(), mode)
@@ -166,7 +168,7 @@ func args(spec string) []string {
 
 func TestMasqueradeNeverMissingDuringUpdates(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode string) {
-		ns := newNetNS(t, "natwatch")
+		ns := netnstest.New(t, "natwatch")
 		n, _ := startNAT(t, ns, mode, testInterval)
 		n.Set(masqDesired)
 		waitSynced(t, n)
@@ -188,7 +190,7 @@ func TestMasqueradeNeverMissingDuringUpdates(t *testing.T) {
 			if i == 1 {
 				// Something inserts a rule before tabby's jump: it is moved back first,
 				// in one transaction, while the watcher looks.
-				inNS(t, ns, "iptables-"+mode, "-t", "nat", "-I", "POSTROUTING", "1", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE")
+				ns.Run(t, "iptables-"+mode, "-t", "nat", "-I", "POSTROUTING", "1", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE")
 				eventually(t, "the jump to be first again", func() bool {
 					return strings.Contains(saveTable(t, ns, mode, tableNAT),
 						"-A POSTROUTING -m comment --comment \"tabby:iGbhfgtguXJX7HLq\" -j tabby-POSTROUTING\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n")
@@ -209,7 +211,7 @@ func prefixStrings(ps []netip.Prefix) []string {
 
 func TestRestoresWhatOthersRemove(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode string) {
-		ns := newNetNS(t, "natrepair")
+		ns := netnstest.New(t, "natrepair")
 		n, _ := startNAT(t, ns, mode, testInterval)
 		n.Set(masqDesired)
 		waitSynced(t, n)
@@ -229,7 +231,7 @@ func TestRestoresWhatOthersRemove(t *testing.T) {
 		}
 		for _, tc := range tamper {
 			before := n.Status().Repairs
-			inNS(t, ns, tc.cmd...)
+			ns.Run(t, tc.cmd...)
 			// Status is updated just after the kernel is, hence Repairs in the condition.
 			eventually(t, "repair after: "+tc.what, func() bool {
 				return n.Status().Repairs > before &&
@@ -243,7 +245,7 @@ func TestRestoresWhatOthersRemove(t *testing.T) {
 
 func TestRestartAdoptsWithoutFlushing(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode string) {
-		ns := newNetNS(t, "natrestart")
+		ns := netnstest.New(t, "natrestart")
 		first, stopFirst := startNAT(t, ns, mode, testInterval)
 		first.Set(masqDesired)
 		waitSynced(t, first)
@@ -254,13 +256,13 @@ func TestRestartAdoptsWithoutFlushing(t *testing.T) {
 		second, _ := startNAT(t, ns, mode, testInterval)
 		// Until it is told what it wants, the new reconciler changes nothing, however many
 		// periodic checks go by.
-		time.Sleep(5 * testInterval)
+		waitChecks(t, second, 5)
 		if got := saveTable(t, ns, mode, tableNAT); got != installed || second.Synced() {
 			t.Fatalf("reconciler acted before Set:\n%s", got)
 		}
 		second.Set(masqDesired)
 		waitSynced(t, second)
-		time.Sleep(3 * testInterval) // a few periodic checks on the adopted state
+		waitChecks(t, second, 3) // a few periodic checks on the adopted state
 		if st := second.Status(); st.Changes != 0 {
 			t.Errorf("adopting the previous run's state made %d changes", st.Changes)
 		}
@@ -273,13 +275,13 @@ func TestRestartAdoptsWithoutFlushing(t *testing.T) {
 
 func TestCleanupRemovesOnlyTabby(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode string) {
-		ns := newNetNS(t, "natclean")
+		ns := netnstest.New(t, "natclean")
 		ipt := "iptables-" + mode
 		foreign := []string{"-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"}
-		inNS(t, ns, append([]string{ipt, "-t", "nat", "-A", "POSTROUTING"}, foreign...)...)
-		inNS(t, ns, ipt, "-t", "nat", "-N", "DOCKER")
-		inNS(t, ns, ipt, "-P", "FORWARD", "DROP")
-		inNS(t, ns, "ipset", "create", "docker-set", "hash:ip")
+		ns.Run(t, append([]string{ipt, "-t", "nat", "-A", "POSTROUTING"}, foreign...)...)
+		ns.Run(t, ipt, "-t", "nat", "-N", "DOCKER")
+		ns.Run(t, ipt, "-P", "FORWARD", "DROP")
+		ns.Run(t, "ipset", "create", "docker-set", "hash:ip")
 		n, stop := startNAT(t, ns, mode, testInterval)
 		n.Set(masqDesired)
 		waitSynced(t, n)
@@ -289,7 +291,7 @@ func TestCleanupRemovesOnlyTabby(t *testing.T) {
 		}
 		stop()
 
-		if err := Cleanup(context.Background(), Options{Backend: mode, NetNSPath: nsPath(ns), Logger: testLogger(t)}); err != nil {
+		if err := Cleanup(context.Background(), Options{Backend: mode, NetNSPath: ns.Path(), Logger: testLogger(t)}); err != nil {
 			t.Fatal(err)
 		}
 		nat, filter := saveTable(t, ns, mode, tableNAT), saveTable(t, ns, mode, tableFilter)
@@ -302,12 +304,12 @@ func TestCleanupRemovesOnlyTabby(t *testing.T) {
 		if !strings.Contains(filter, ":FORWARD DROP") {
 			t.Errorf("FORWARD policy changed:\n%s", filter)
 		}
-		sets := strings.Fields(inNS(t, ns, "ipset", "list", "-n"))
+		sets := strings.Fields(ns.Run(t, "ipset", "list", "-n"))
 		if !slices.Equal(sets, []string{"docker-set"}) {
 			t.Errorf("ipsets after cleanup: %q", sets)
 		}
 		// Cleanup on a clean host is a no-op, not an error.
-		if err := Cleanup(context.Background(), Options{Backend: mode, NetNSPath: nsPath(ns), Logger: testLogger(t)}); err != nil {
+		if err := Cleanup(context.Background(), Options{Backend: mode, NetNSPath: ns.Path(), Logger: testLogger(t)}); err != nil {
 			t.Errorf("second cleanup: %v", err)
 		}
 	})
@@ -320,7 +322,7 @@ func TestAutoBackendFollowsTheHost(t *testing.T) {
 	requireRoot(t)
 	requireBackend(t, BackendNFT)
 	requireBackend(t, BackendLegacy)
-	ns := newNetNS(t, "natauto")
+	ns := netnstest.New(t, "natauto")
 	r := nsRunner(t, ns)
 	ctx := context.Background()
 	b, reason, err := selectBackend(ctx, r, BackendAuto)
@@ -330,12 +332,12 @@ func TestAutoBackendFollowsTheHost(t *testing.T) {
 	if want := defaultMode(ctx, "iptables"); b.mode != want {
 		t.Errorf("fresh namespace: auto chose %s (%s), the iptables command is %s", b.mode, reason, want)
 	}
-	inNS(t, ns, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
+	ns.Run(t, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
 	if b, reason, err = selectBackend(ctx, r, BackendAuto); err != nil || b.mode != BackendLegacy {
 		t.Errorf("legacy holds rules: auto chose %v (%s, %v)", b, reason, err)
 	}
-	inNS(t, ns, "iptables-nft", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
-	inNS(t, ns, "iptables-nft", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.2", "-j", "ACCEPT")
+	ns.Run(t, "iptables-nft", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
+	ns.Run(t, "iptables-nft", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.2", "-j", "ACCEPT")
 	if b, reason, err = selectBackend(ctx, r, BackendAuto); err != nil || b.mode != BackendNFT {
 		t.Errorf("nft holds more rules: auto chose %v (%s, %v)", b, reason, err)
 	}
@@ -348,16 +350,16 @@ func TestAutoBackendFollowsTheHost(t *testing.T) {
 // a leftover that cannot be removed does not hold back the wanted rules.
 func TestRecoversFromFailures(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode string) {
-		ns := newNetNS(t, "natfail")
+		ns := netnstest.New(t, "natfail")
 		ipt := "iptables-" + mode
 		// Someone else's set of the wrong type under tabby's name, in use by their rule: it
 		// can be neither swapped nor destroyed, so the sync fails.
-		inNS(t, ns, "ipset", "create", AllSetName, "hash:ip")
+		ns.Run(t, "ipset", "create", AllSetName, "hash:ip")
 		foreignUse := []string{"INPUT", "-m", "set", "--match-set", AllSetName, "src", "-j", "ACCEPT"}
-		inNS(t, ns, append([]string{ipt, "-t", "filter", "-I"}, foreignUse...)...)
+		ns.Run(t, append([]string{ipt, "-t", "filter", "-I"}, foreignUse...)...)
 		// A leftover tabby chain that another rule still jumps to.
-		inNS(t, ns, ipt, "-t", "nat", "-N", "tabby-old")
-		inNS(t, ns, ipt, "-t", "nat", "-A", "OUTPUT", "-j", "tabby-old")
+		ns.Run(t, ipt, "-t", "nat", "-N", "tabby-old")
+		ns.Run(t, ipt, "-t", "nat", "-A", "OUTPUT", "-j", "tabby-old")
 
 		n, _ := startNAT(t, ns, mode, time.Hour) // no periodic checks: recovery is the retry's doing
 		n.Set(masqDesired)
@@ -368,7 +370,7 @@ func TestRecoversFromFailures(t *testing.T) {
 			t.Fatal("synced although the set of all pools is unusable")
 		}
 
-		inNS(t, ns, append([]string{ipt, "-t", "filter", "-D"}, foreignUse...)...)
+		ns.Run(t, append([]string{ipt, "-t", "filter", "-D"}, foreignUse...)...)
 		waitSynced(t, n)
 		if got := setMembers(t, ns, AllSetName); !slices.Equal(got, []string{"10.244.0.0/16", "10.250.0.0/16"}) {
 			t.Errorf("%s = %q", AllSetName, got)

@@ -2,10 +2,8 @@ package nat
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
+	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -13,18 +11,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // requireRoot skips tests that need to create network namespaces and program iptables.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and programs iptables and ipsets in them")
-	}
 	if testing.Short() {
 		t.Skip("-short: skipping the network namespace tests")
 	}
+	netnstest.RequireRoot(t)
 }
 
 // requireBackend skips a backend whose binaries this host does not have.
@@ -37,61 +33,19 @@ func requireBackend(t testing.TB, mode string) {
 	}
 }
 
-// newNetNS creates a network namespace named tabby-<purpose>-<random> and removes it when
-// the test ends, failed or not. Everything the test does to iptables and ipsets happens in
-// such namespaces; the machine's own namespace is never touched.
-func newNetNS(t testing.TB, purpose string) string {
-	t.Helper()
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	name := "tabby-" + purpose + "-" + hex.EncodeToString(b)
-	mustRun(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("remove network namespace %s: %v: %s", name, err, out)
-		}
-	})
-	mustRun(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
-}
-
-func nsPath(name string) string { return "/run/netns/" + name }
-
-func mustRun(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// inNS runs a command inside namespace ns.
-func inNS(t testing.TB, ns string, args ...string) string {
-	t.Helper()
-	return mustRun(t, "ip", append([]string{"netns", "exec", ns}, args...)...)
-}
-
 // nsRunner is the package's own runner bound to ns, for calls that must happen in it.
-func nsRunner(t testing.TB, ns string) runner {
+func nsRunner(t testing.TB, ns *netnstest.NS) runner {
 	t.Helper()
-	h, err := netns.GetFromPath(nsPath(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return runner{ns: h}
+	return runner{ns: ns.Open(t)}
 }
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // saveTable is `iptables-<mode>-save -t table` in ns without its date comments and with
 // counters zeroed, comparable with the golden files.
-func saveTable(t *testing.T, ns, mode, table string) string {
+func saveTable(t *testing.T, ns *netnstest.NS, mode, table string) string {
 	t.Helper()
-	out := inNS(t, ns, "iptables-"+mode+"-save", "-t", table)
+	out := ns.Run(t, "iptables-"+mode+"-save", "-t", table)
 	var b strings.Builder
 	for line := range strings.Lines(out) {
 		if !strings.HasPrefix(line, "#") {
@@ -102,14 +56,14 @@ func saveTable(t *testing.T, ns, mode, table string) string {
 }
 
 // setMembers lists an ipset's members with the ipset command (not tabby's netlink code).
-func setMembers(t *testing.T, ns, set string) []string {
+func setMembers(t *testing.T, ns *netnstest.NS, set string) []string {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns, "ipset", "save", set).CombinedOutput()
+	out, err := ns.Try("ipset", "save", set)
 	if err != nil {
-		return []string{"<" + strings.TrimSpace(string(out)) + ">"}
+		return []string{"<" + strings.TrimSpace(out) + ">"}
 	}
 	var members []string
-	for line := range strings.Lines(string(out)) {
+	for line := range strings.Lines(out) {
 		if f := strings.Fields(line); len(f) == 3 && f[0] == "add" {
 			members = append(members, f[2])
 		}
@@ -132,9 +86,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 // startNAT runs a reconciler in ns until the test ends and returns it.
-func startNAT(t *testing.T, ns, mode string, interval time.Duration) (*NAT, func()) {
+func startNAT(t *testing.T, ns *netnstest.NS, mode string, interval time.Duration) (*NAT, func()) {
 	t.Helper()
-	n, err := New(Options{Backend: mode, NetNSPath: nsPath(ns), RefreshInterval: interval, Logger: testLogger(t)})
+	n, err := New(Options{Backend: mode, NetNSPath: ns.Path(), RefreshInterval: interval, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +117,14 @@ func waitSynced(t *testing.T, n *NAT) {
 	if err := n.WaitSynced(ctx); err != nil {
 		t.Fatalf("reconciler never synced: %v (status %+v)", err, n.Status())
 	}
+}
+
+// waitChecks waits until the reconciler has handled n more refresh ticks than it had: the
+// periodic checks a test wants to see go by, observed rather than slept for.
+func waitChecks(t *testing.T, n *NAT, more uint64) {
+	t.Helper()
+	target := n.Status().Checks + more
+	eventually(t, fmt.Sprintf("%d periodic checks", more), func() bool { return n.Status().Checks >= target })
 }
 
 func testLogger(t *testing.T) *slog.Logger {

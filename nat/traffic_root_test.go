@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // trafficLab is a workload, its host and an outside machine, each a network namespace, wired
@@ -13,7 +15,7 @@ import (
 // route via 169.254.1.1, which the host answers by proxy ARP; the host forwards and has the
 // only address the outside can route back to.
 type trafficLab struct {
-	workload, host, outside string
+	workload, host, outside *netnstest.NS
 }
 
 const (
@@ -24,12 +26,12 @@ const (
 
 func newTrafficLab(t *testing.T) trafficLab {
 	t.Helper()
-	l := trafficLab{workload: newNetNS(t, "natwl"), host: newNetNS(t, "nathost"), outside: newNetNS(t, "natout")}
-	ipn := func(ns string, args ...string) { mustRun(t, "ip", append([]string{"-n", ns}, args...)...) }
+	l := trafficLab{workload: netnstest.New(t, "natwl"), host: netnstest.New(t, "nathost"), outside: netnstest.New(t, "natout")}
+	ipn := func(ns *netnstest.NS, args ...string) { ns.Run(t, append([]string{"ip"}, args...)...) }
 	// Both veth pairs are created inside the namespaces: nothing passes through the
 	// machine's own namespace.
-	ipn(l.host, "link", "add", "vwl", "type", "veth", "peer", "name", "eth0", "netns", l.workload)
-	ipn(l.host, "link", "add", "vout", "type", "veth", "peer", "name", "eth0", "netns", l.outside)
+	ipn(l.host, "link", "add", "vwl", "type", "veth", "peer", "name", "eth0", "netns", l.workload.Name)
+	ipn(l.host, "link", "add", "vout", "type", "veth", "peer", "name", "eth0", "netns", l.outside.Name)
 
 	ipn(l.workload, "addr", "add", workloadIP+"/32", "dev", "eth0")
 	ipn(l.workload, "link", "set", "eth0", "up")
@@ -41,7 +43,7 @@ func newTrafficLab(t *testing.T) trafficLab {
 	ipn(l.host, "addr", "add", hostIP+"/24", "dev", "vout")
 	ipn(l.host, "route", "add", workloadIP+"/32", "dev", "vwl", "scope", "link")
 	ipn(l.host, "route", "add", "default", "via", outsideIP)
-	inNS(t, l.host, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && "+
+	l.host.Run(t, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && "+
 		"echo 1 > /proc/sys/net/ipv4/conf/vwl/proxy_arp && echo 0 > /proc/sys/net/ipv4/neigh/vwl/proxy_delay")
 
 	// The outside knows nothing of the pool: without masquerading, replies have no way back.
@@ -54,7 +56,7 @@ func newTrafficLab(t *testing.T) trafficLab {
 // few times so that a busy machine is not mistaken for a broken path.
 func (l trafficLab) ping(tries int) bool {
 	for range tries {
-		if exec.Command("ip", "netns", "exec", l.workload, "ping", "-c", "1", "-W", "1", outsideIP).Run() == nil {
+		if _, err := l.workload.Try("ping", "-c", "1", "-W", "1", outsideIP); err == nil {
 			return true
 		}
 	}

@@ -373,7 +373,8 @@ func TestKernelLeavesOtherProtocolsAlone(t *testing.T) {
 	k.Set(state)
 	settle(t, k)
 	// Let a few full resyncs go by: none may touch the foreign routes.
-	time.Sleep(200 * time.Millisecond)
+	before := k.Status().FullSyncs
+	waitFor(t, "three full resyncs", func() bool { return k.Status().FullSyncs >= before+3 })
 	text := fk.String()
 	for _, line := range []string{
 		"192.168.133.192/26 via 10.30.0.5 dev eth0 proto static",

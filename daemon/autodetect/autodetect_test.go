@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tabby-net/tabby/daemon/internal/nstest"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 func TestParseMethod(t *testing.T) {
@@ -50,17 +50,17 @@ func TestParseMethod(t *testing.T) {
 // must skip by name, one that is down) and checks every method against it.
 func TestDetectInNamespace(t *testing.T) {
 	t.Parallel()
-	host := nstest.New(t, "autodet")
-	peer := nstest.New(t, "autodetp")
+	host := netnstest.New(t, "autodet")
+	peer := netnstest.New(t, "autodetp")
 	// Made first, so it has the lowest index: first-found must skip it by its name.
-	nstest.Veth(t, host, "docker0", "10.9.0.1/24", peer, "p0", "10.9.0.9/24")
-	nstest.Veth(t, host, "eth0", "10.1.0.2/24", peer, "p1", "10.1.0.1/24")
-	nstest.Veth(t, host, "eth1", "10.2.0.2/24", peer, "p2", "10.2.0.1/24")
-	nstest.Veth(t, host, "eth2", "10.3.0.2/24", peer, "p3", "10.3.0.1/24")
-	nstest.Veth(t, host, "veth77", "10.4.0.2/24", peer, "p4", "10.4.0.1/24")
-	host.Run("ip", "link", "set", "eth2", "down")
-	host.Run("ip", "route", "add", "default", "via", "10.2.0.1")
-	h := host.Handle()
+	netnstest.Veth(t, host, "docker0", "10.9.0.1/24", peer, "p0", "10.9.0.9/24")
+	netnstest.Veth(t, host, "eth0", "10.1.0.2/24", peer, "p1", "10.1.0.1/24")
+	netnstest.Veth(t, host, "eth1", "10.2.0.2/24", peer, "p2", "10.2.0.1/24")
+	netnstest.Veth(t, host, "eth2", "10.3.0.2/24", peer, "p3", "10.3.0.1/24")
+	netnstest.Veth(t, host, "veth77", "10.4.0.2/24", peer, "p4", "10.4.0.1/24")
+	host.Run(t, "ip", "link", "set", "eth2", "down")
+	host.Run(t, "ip", "route", "add", "default", "via", "10.2.0.1")
+	h := host.Handle(t)
 
 	for _, tc := range []struct {
 		method  string

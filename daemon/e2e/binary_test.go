@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/daemon/internal/nstest"
+	"github.com/tabby-net/tabby/internal/netnstest"
 )
 
 // tabbyd runs the binary outside any namespace (for commands that touch no network) and
@@ -92,10 +92,10 @@ func TestConfigErrorExitCode(t *testing.T) {
 // systemd STATUS line, and exits 0 on SIGTERM.
 func TestWithoutDatastore(t *testing.T) {
 	t.Parallel()
-	nstest.RequireRoot(t)
-	host := nstest.New(t, "e2enoetcd")
-	peer := nstest.New(t, "e2enoetcdp")
-	nstest.Veth(t, host, "eth0", "10.77.0.2/24", peer, "eth0", "10.77.0.1/24")
+	netnstest.RequireRoot(t)
+	host := netnstest.New(t, "e2enoetcd")
+	peer := netnstest.New(t, "e2enoetcdp")
+	netnstest.Veth(t, host, "eth0", "10.77.0.2/24", peer, "eth0", "10.77.0.1/24")
 	// Start from forwarding off, whatever new namespaces inherit on this machine, so the
 	// check below proves that tabbyd turned it on.
 	mustRun(t, host.Name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
@@ -165,9 +165,9 @@ func firstLine(t *testing.T, h *daemonHost, prefix string) string {
 // goes on once the address appears (interfaces configured late at boot).
 func TestAddressAppearsLater(t *testing.T) {
 	t.Parallel()
-	nstest.RequireRoot(t)
-	host := nstest.New(t, "e2elate")
-	peer := nstest.New(t, "e2elatep")
+	netnstest.RequireRoot(t)
+	host := netnstest.New(t, "e2elate")
+	peer := netnstest.New(t, "e2elatep")
 	h := newDaemonHost(t, "late", host.Name, netip.MustParsePrefix("10.78.0.2/24"), t.TempDir(), "http://10.78.0.1:2379")
 	cfg, _ := os.ReadFile(h.config)
 	os.WriteFile(h.config, []byte(strings.Replace(string(cfg), "  address: 10.78.0.2/24", "  autodetect: interface=^eth1$", 1)), 0o644)
@@ -183,7 +183,7 @@ func TestAddressAppearsLater(t *testing.T) {
 	if st, err := h.status(); err != nil || st.Ready || len(st.NotReady) == 0 || st.NodeAddress != "" {
 		t.Errorf("status while waiting for the address: %+v %v", st, err)
 	}
-	nstest.Veth(t, host, "eth1", "10.78.0.2/24", peer, "eth1", "10.78.0.1/24")
+	netnstest.Veth(t, host, "eth1", "10.78.0.2/24", peer, "eth1", "10.78.0.1/24")
 	eventually(t, 30*time.Second, "the address is found", func() string {
 		st, err := h.status()
 		if err != nil {

@@ -31,8 +31,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/namedns"
 	"github.com/tabby-net/tabby/internal/statusapi"
-	"github.com/tabby-net/tabby/lab"
 )
 
 // binDir holds the binaries TestMain built for this test binary: tabbyd always, tabby-cni
@@ -96,7 +96,7 @@ func randSuffix(t testing.TB) string {
 
 // inNS runs fn on an OS thread inside the named network namespace. Sockets created by fn
 // belong to that namespace for their whole life, whichever thread uses them later.
-func inNS(name string, fn func() error) error { return lab.InNS(name, fn) }
+func inNS(name string, fn func() error) error { return namedns.Do(name, fn) }
 
 // nsDialer dials TCP from inside a namespace.
 func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {

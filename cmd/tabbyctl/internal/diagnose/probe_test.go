@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/internal/namedns"
 	"github.com/tabby-net/tabby/lab"
 )
 
@@ -31,18 +32,18 @@ func TestKernelProberOnTheLabFabric(t *testing.T) {
 	}
 	w1, w2 := topo.HostNS("worker-1"), topo.HostNS("worker-2")
 	// worker-2 routes worker-1's block back to worker-1, as Direct mode does.
-	if out, err := lab.Command(w2, "ip", "route", "add", "192.168.226.64/26", "via", "10.30.0.206").CombinedOutput(); err != nil {
+	if out, err := namedns.Command(w2, "ip", "route", "add", "192.168.226.64/26", "via", "10.30.0.206").CombinedOutput(); err != nil {
 		t.Fatalf("route on worker-2: %v: %s", err, out)
 	}
 	src := netip.MustParseAddr("192.168.226.64")
 	w2addr := netip.MustParseAddr("10.30.0.56")
 	p := KernelProber{Timeout: 1500 * time.Millisecond}
 	ctx := context.Background()
-	inW1 := func(fn func() error) error { return lab.InNS(w1, fn) }
+	inW1 := func(fn func() error) error { return namedns.Do(w1, fn) }
 
 	// worker-1 masquerades pool traffic leaving the pools, as tabby's NAT outgoing does:
 	// the probe must not be rewritten by it, or it would test nothing.
-	if out, err := lab.Command(w1, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.168.0.0/16", "!", "-d", "192.168.0.0/16", "-j", "MASQUERADE").CombinedOutput(); err != nil {
+	if out, err := namedns.Command(w1, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.168.0.0/16", "!", "-d", "192.168.0.0/16", "-j", "MASQUERADE").CombinedOutput(); err != nil {
 		t.Fatalf("MASQUERADE rule on worker-1: %v: %s", err, out)
 	}
 	if err := inW1(func() error { return p.SpoofedEcho(ctx, lab.NIC, src, w2addr) }); err != nil {
