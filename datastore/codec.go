@@ -2,6 +2,7 @@ package datastore
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 )
@@ -49,15 +50,37 @@ func kindOfDocument(r Resource) string {
 // EncodeStored renders a resource as Calico stores it: compact JSON in Calico's field
 // order, with kind and apiVersion, and without resourceVersion (which lives in etcd's
 // ModRevision).
-func EncodeStored(r Resource) ([]byte, error) {
+func EncodeStored(r Resource) ([]byte, error) { return encodeStoredOver(nil, r) }
+
+// encodeStoredOver is EncodeStored written over a stored document: the fields tabby models
+// are r's, every other field of stored is kept (see Overlay).
+func encodeStoredOver(stored []byte, r Resource) ([]byte, error) {
 	c := cloneResource(r)
 	setTypeMeta(c)
 	c.Meta().ResourceVersion = ""
-	b, err := json.Marshal(c)
+	b, err := Overlay(stored, c)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s %q: %w", r.ResourceKind(), r.Meta().Name, err)
 	}
 	return b, nil
+}
+
+// decodeDocument decodes a resource document that may carry fields tabby does not model
+// (they are ignored here and kept by the write, see Overlay), without applying defaults.
+// A value of the wrong type is a *FieldError naming the field.
+func decodeDocument(kind, name string, value []byte) (Resource, error) {
+	r, err := NewResource(kind)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(value, r); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, &FieldError{Kind: kind, Name: name, Field: te.Field, Problem: fmt.Sprintf("expected %s, found %s", goTypeName(te.Type), jsonValueName(te.Value))}
+		}
+		return nil, &FieldError{Kind: kind, Name: name, Problem: err.Error()}
+	}
+	return r, nil
 }
 
 func setTypeMeta(r Resource) {

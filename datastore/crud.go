@@ -1,10 +1,12 @@
 package datastore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -12,10 +14,6 @@ import (
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-// maxCASRetries bounds every read-modify-write loop: past it, something keeps writing the
-// same key and the caller should hear about it rather than spin.
-const maxCASRetries = 10
 
 // ResourceList is the result of listing one kind.
 type ResourceList struct {
@@ -102,42 +100,22 @@ func (c *Client) CreateResource(ctx context.Context, r Resource) (Resource, erro
 	if err := Validate(in); err != nil {
 		return nil, err
 	}
-	m := in.Meta()
-	m.UID = uuid.NewString()
-	m.CreationTimestamp = time.Now().UTC().Format(time.RFC3339)
-	m.ResourceVersion = ""
-	setStoreDefaults(in)
-	value, err := EncodeStored(in)
-	if err != nil {
-		return nil, err
-	}
-	for range maxCASRetries {
-		guard, err := c.writeGuard(ctx, in)
-		if err != nil {
-			return nil, err
+	return c.storeResource(ctx, in, func(cur KV) (Resource, []byte, error) {
+		if cur.ModRevision != 0 {
+			return nil, nil, fmt.Errorf("%s %q: %w", kind, name, &KeyError{Key: key, Err: ErrAlreadyExists})
 		}
-		cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.Version(key), "=", 0)}, guard...)
-		res, err := c.putIf(ctx, key, value, cmps)
-		if err != nil {
-			return nil, fmt.Errorf("create %s %q: %w", kind, name, err)
-		}
-		if res.ok {
-			return DecodeStored(kind, name, value, res.rev)
-		}
-		if res.exists {
-			return nil, fmt.Errorf("%s %q: %w", kind, name, &KeyError{Key: key, Err: ErrAlreadyExists})
-		}
-		// Another pool was written while we checked for overlaps: check again.
-	}
-	return nil, fmt.Errorf("create %s %q: other writers kept changing the pools; try again", kind, name)
+		return cloneResource(in), nil, nil
+	})
 }
 
-// UpdateResource replaces a stored resource with r. When r carries a resourceVersion it is
+// UpdateResource writes r over a stored resource. When r carries a resourceVersion it is
 // the compare-and-swap condition: a resource changed since is an error wrapping ErrConflict
-// (nothing is written). Without one, r replaces whatever is stored (as calicoctl replace
-// does), retrying if the resource changes while it is written. The stored uid and
-// creationTimestamp are kept; the rules of SPEC §3 are checked, including a pool's
-// immutable cidr and blockSize and its overlap with other pools.
+// (nothing is written). Without one, r is written over whatever is stored (as calicoctl
+// replace does), retrying if the resource changes while it is written. The fields tabby
+// models are r's; every field of the stored document that tabby does not model is kept
+// (SPEC §2a). The stored uid and creationTimestamp are kept; the rules of SPEC §3 are
+// checked, including a pool's immutable cidr and blockSize and its overlap with other
+// pools.
 func (c *Client) UpdateResource(ctx context.Context, r Resource) (Resource, error) {
 	in := cloneResource(r)
 	kind, name := in.ResourceKind(), in.Meta().Name
@@ -149,31 +127,62 @@ func (c *Client) UpdateResource(ctx context.Context, r Resource) (Resource, erro
 		return nil, err
 	}
 	wantRV := in.Meta().ResourceVersion
-	if wantRV != "" {
-		if _, err := strconv.ParseInt(wantRV, 10, 64); err != nil {
-			return nil, &FieldError{Kind: kind, Name: name, Field: "metadata.resourceVersion", Problem: fmt.Sprintf("%q is not a revision number", wantRV)}
-		}
+	if err := checkRV(kind, name, wantRV); err != nil {
+		return nil, err
 	}
-	for range maxCASRetries {
-		kv, err := c.Get(ctx, key)
-		if err != nil {
-			if errors.Is(err, ErrNotFound) {
-				return nil, notFound(kind, name, err)
-			}
-			return nil, err
+	return c.storeResource(ctx, in, func(cur KV) (Resource, []byte, error) {
+		if cur.ModRevision == 0 {
+			return nil, nil, notFound(kind, name, &KeyError{Key: key, Err: ErrNotFound})
 		}
-		if wantRV != "" && wantRV != strconv.FormatInt(kv.ModRevision, 10) {
-			return nil, staleError(kind, name, key, wantRV, kv.ModRevision)
+		if wantRV != "" && wantRV != strconv.FormatInt(cur.ModRevision, 10) {
+			return nil, nil, staleError(kind, name, key, wantRV, cur.ModRevision)
 		}
-		next := cloneResource(in)
+		return cloneResource(in), cur.Value, nil
+	})
+}
+
+func checkRV(kind, name, rv string) error {
+	if rv == "" {
+		return nil
+	}
+	if _, err := strconv.ParseInt(rv, 10, 64); err != nil {
+		return &FieldError{Kind: kind, Name: name, Field: "metadata.resourceVersion", Problem: fmt.Sprintf("%q is not a revision number", rv)}
+	}
+	return nil
+}
+
+// storeResource is the one read-modify-write behind every resource write (create, update,
+// apply, patch, ModifyNode), on Modify. build sees the stored document (cur.ModRevision 0
+// when there is none) and returns the resource to store and the JSON document to overlay
+// it on (nil: none), or a nil resource to write nothing. storeResource then keeps the
+// stored uid and creationTimestamp (or makes new ones), checks the resource and what the
+// change may change, writes the store defaults, and writes it, conditional on the revision
+// read and, for a pool, on no pool changing since the overlap check. like is the resource
+// the caller asked about (for its kind and name).
+func (c *Client) storeResource(ctx context.Context, like Resource, build func(cur KV) (Resource, []byte, error)) (Resource, error) {
+	kind, name := like.ResourceKind(), like.Meta().Name
+	key, err := c.resourceKey(kind, name)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := c.Modify(ctx, key, DefaultRetry, func(cur KV) (Edit, error) {
+		next, base, err := build(cur)
+		if err != nil || next == nil {
+			return Edit{}, err
+		}
+		if next.ResourceKind() != kind || next.Meta().Name != name {
+			return Edit{}, fmt.Errorf("a change cannot turn %s %q into %s %q", kind, name, next.ResourceKind(), next.Meta().Name)
+		}
 		nm := next.Meta()
 		nm.ResourceVersion = ""
 		nm.UID, nm.CreationTimestamp = "", ""
-		// A stored document that does not decode (written by hand) is simply replaced.
-		if cur, err := DecodeStored(kind, name, kv.Value, kv.ModRevision); err == nil {
-			nm.UID, nm.CreationTimestamp = cur.Meta().UID, cur.Meta().CreationTimestamp
-			if err := checkChange(cur, next); err != nil {
-				return nil, err
+		// A stored document that does not decode (written by hand) is written over.
+		if cur.ModRevision != 0 {
+			if stored, err := DecodeStored(kind, name, cur.Value, cur.ModRevision); err == nil {
+				nm.UID, nm.CreationTimestamp = stored.Meta().UID, stored.Meta().CreationTimestamp
+				if err := checkChange(stored, next); err != nil {
+					return Edit{}, err
+				}
 			}
 		}
 		if nm.UID == "" {
@@ -182,31 +191,27 @@ func (c *Client) UpdateResource(ctx context.Context, r Resource) (Resource, erro
 		if nm.CreationTimestamp == "" {
 			nm.CreationTimestamp = time.Now().UTC().Format(time.RFC3339)
 		}
+		if err := Validate(next); err != nil {
+			return Edit{}, err
+		}
 		setStoreDefaults(next)
-		value, err := EncodeStored(next)
+		value, err := encodeStoredOver(base, next)
 		if err != nil {
-			return nil, err
+			return Edit{}, err
 		}
 		guard, err := c.writeGuard(ctx, next)
 		if err != nil {
-			return nil, err
+			return Edit{}, err
 		}
-		cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)}, guard...)
-		res, err := c.putIf(ctx, key, value, cmps)
-		if err != nil {
-			return nil, fmt.Errorf("update %s %q: %w", kind, name, err)
+		return Edit{Value: value, Guard: guard}, nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrTooManyConflicts) {
+			return nil, fmt.Errorf("write %s %q: other writers kept changing it (or the pools); try again: %w", kind, name, err)
 		}
-		switch {
-		case res.ok:
-			return DecodeStored(kind, name, value, res.rev)
-		case !res.exists:
-			return nil, notFound(kind, name, &KeyError{Key: key, Err: ErrNotFound})
-		case res.modRevision != kv.ModRevision && wantRV != "":
-			return nil, staleError(kind, name, key, wantRV, res.modRevision)
-		}
-		// The resource or another pool changed between our read and our write: read again.
+		return nil, err
 	}
-	return nil, fmt.Errorf("update %s %q: %w", kind, name, &KeyError{Key: key, Err: ErrConflict})
+	return DecodeStored(kind, name, kv.Value, kv.ModRevision)
 }
 
 func staleError(kind, name, key, wantRV string, stored int64) error {
@@ -246,96 +251,110 @@ func (c *Client) DeleteResource(ctx context.Context, kind, name, resourceVersion
 	if err != nil {
 		return nil, err
 	}
-	for range maxCASRetries {
-		kv, err := c.Get(ctx, key)
-		if err != nil {
-			if errors.Is(err, ErrNotFound) {
-				return nil, notFound(kind, name, err)
-			}
-			return nil, err
+	var gone KV
+	_, err = c.Modify(ctx, key, DefaultRetry, func(cur KV) (Edit, error) {
+		if cur.ModRevision == 0 {
+			return Edit{}, notFound(kind, name, &KeyError{Key: key, Err: ErrNotFound})
 		}
-		if resourceVersion != "" && resourceVersion != strconv.FormatInt(kv.ModRevision, 10) {
-			return nil, staleError(kind, name, key, resourceVersion, kv.ModRevision)
+		if resourceVersion != "" && resourceVersion != strconv.FormatInt(cur.ModRevision, 10) {
+			return Edit{}, staleError(kind, name, key, resourceVersion, cur.ModRevision)
 		}
-		err = c.Delete(ctx, key, kv.ModRevision)
-		switch {
-		case err == nil:
-			old, derr := DecodeStored(kind, name, kv.Value, kv.ModRevision)
-			if derr != nil {
-				// The stored document was broken; the caller still deserves to know what went.
-				old, _ = NewResource(kind)
-				old.Meta().Name = name
-			}
-			return old, nil
-		case errors.Is(err, ErrNotFound):
-			return nil, notFound(kind, name, err)
-		case errors.Is(err, ErrConflict) && resourceVersion == "":
-			continue
-		default:
+		gone = cur
+		return Edit{Delete: true}, nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrTooManyConflicts) {
 			return nil, fmt.Errorf("delete %s %q: %w", kind, name, err)
 		}
+		return nil, err
 	}
-	return nil, fmt.Errorf("delete %s %q: %w", kind, name, &KeyError{Key: key, Err: ErrConflict})
+	old, derr := DecodeStored(kind, name, gone.Value, gone.ModRevision)
+	if derr != nil {
+		// The stored document was broken; the caller still deserves to know what went.
+		old, _ = NewResource(kind)
+		old.Meta().Name = name
+	}
+	return old, nil
 }
 
-// PatchResource merges a JSON merge patch (RFC 7386) into the stored resource, checks the
-// result like any update and writes it with compare-and-swap on the revision it read. If
-// the resource changes in between, the patch is applied again to the new version, unless
-// the patch itself names a resourceVersion.
+// PatchResource merges a JSON merge patch (RFC 7386) into the stored document, checks the
+// result like any update and writes it with compare-and-swap on the revision it read. The
+// patch is applied to the document as stored, so fields tabby does not model survive
+// (SPEC §2a), and defaults that are not stored stay unstored; the patch itself may name
+// only fields tabby knows. If the resource changes in between, the patch is applied again
+// to the new version, unless the patch names a resourceVersion.
 func (c *Client) PatchResource(ctx context.Context, kind, name string, patch []byte) (Resource, error) {
-	var p any
-	if err := json.Unmarshal(patch, &p); err != nil {
+	like, err := NewResource(kind)
+	if err != nil {
+		return nil, err
+	}
+	like.Meta().Name = name
+	key, err := c.resourceKey(kind, name)
+	if err != nil {
+		return nil, err
+	}
+	p, err := decodeJSONNumbers(patch)
+	if err != nil {
 		return nil, fmt.Errorf("patch for %s %q is not valid JSON: %w", kind, name, err)
 	}
-	if _, ok := p.(map[string]any); !ok {
+	pm, ok := p.(map[string]any)
+	if !ok {
 		return nil, fmt.Errorf("patch for %s %q must be a JSON object, such as {\"spec\":{\"ipipMode\":\"CrossSubnet\"}}", kind, name)
 	}
-	for range maxCASRetries {
-		cur, err := c.GetResource(ctx, kind, name)
-		if err != nil {
-			return nil, err
+	fail := func(field, format string, args ...any) error {
+		return &FieldError{Kind: kind, Name: name, Field: field, Problem: fmt.Sprintf(format, args...)}
+	}
+	if err := checkFields(pm, reflect.TypeOf(like).Elem(), "", fail); err != nil {
+		return nil, fmt.Errorf("patch: %w", err)
+	}
+	return c.storeResource(ctx, like, func(cur KV) (Resource, []byte, error) {
+		if cur.ModRevision == 0 {
+			return nil, nil, notFound(kind, name, &KeyError{Key: key, Err: ErrNotFound})
 		}
-		doc, err := toGeneric(cur)
+		doc, err := decodeJSONNumbers(cur.Value)
 		if err != nil {
-			return nil, err
+			return nil, nil, fmt.Errorf("%s %q: stored document is not valid: %w", kind, name, err)
 		}
-		merged, ok := MergePatch(doc, p).(map[string]any)
+		merged, ok := MergePatch(doc, pm).(map[string]any)
 		if !ok {
-			return nil, fmt.Errorf("patch for %s %q does not leave an object", kind, name)
+			return nil, nil, fmt.Errorf("patch for %s %q does not leave an object", kind, name)
 		}
-		next, err := decodeManifestObject(merged)
+		base, err := json.Marshal(merged)
 		if err != nil {
-			return nil, fmt.Errorf("patched %w", err)
+			return nil, nil, fmt.Errorf("patched %s %q: %w", kind, name, err)
+		}
+		next, err := decodeDocument(kind, name, base)
+		if err != nil {
+			return nil, nil, fmt.Errorf("patched %w", err)
 		}
 		if next.ResourceKind() != kind || next.Meta().Name != name {
-			return nil, fmt.Errorf("a patch cannot change the kind or name of %s %q", kind, name)
+			return nil, nil, fmt.Errorf("a patch cannot change the kind or name of %s %q", kind, name)
 		}
-		out, err := c.UpdateResource(ctx, next)
-		if errors.Is(err, ErrConflict) && next.Meta().ResourceVersion == cur.Meta().ResourceVersion && !patchSetsRV(p) {
-			continue
+		if rv := next.Meta().ResourceVersion; rv != "" {
+			if err := checkRV(kind, name, rv); err != nil {
+				return nil, nil, err
+			}
+			if rv != strconv.FormatInt(cur.ModRevision, 10) {
+				return nil, nil, staleError(kind, name, key, rv, cur.ModRevision)
+			}
 		}
-		return out, err
-	}
-	return nil, fmt.Errorf("patch %s %q: %w", kind, name, &KeyError{Key: c.Keys.Resource(kind, name), Err: ErrConflict})
+		return next, base, nil
+	})
 }
 
-func patchSetsRV(p any) bool {
-	m, _ := p.(map[string]any)
-	meta, _ := m["metadata"].(map[string]any)
-	_, ok := meta["resourceVersion"]
-	return ok
-}
-
-func toGeneric(r Resource) (map[string]any, error) {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s %q: %w", r.ResourceKind(), r.Meta().Name, err)
+// decodeJSONNumbers decodes JSON keeping numbers as written (json.Number), so that a
+// document re-encoded after a merge patch says exactly what it said before.
+func decodeJSONNumbers(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
 	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("decode %s %q: %w", r.ResourceKind(), r.Meta().Name, err)
+	if dec.More() {
+		return nil, errors.New("more than one JSON value")
 	}
-	return m, nil
+	return v, nil
 }
 
 // MergePatch applies a JSON merge patch (RFC 7386) to a decoded JSON document: objects
@@ -365,48 +384,41 @@ func MergePatch(doc, patch any) any {
 
 // ModifyNode reads the Node called name (a new, empty one if there is none), lets mutate
 // change it, and writes it back with compare-and-swap, starting again from a fresh read if
-// someone else wrote it in between. Nothing is written when mutate changes nothing. This
-// is how tabbyd keeps its own Node up to date without overwriting what others set.
+// someone else wrote it in between. Only the fields tabby models are mutate's to change;
+// every other field of the stored Node is kept (SPEC §2a). Nothing is written when mutate
+// changes nothing.
 func (c *Client) ModifyNode(ctx context.Context, name string, mutate func(*Node) error) (*Node, error) {
-	for range maxCASRetries {
-		cur, err := c.GetNode(ctx, name)
-		exists := err == nil
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
+	like := NewNode(name)
+	out, err := c.storeResource(ctx, like, func(cur KV) (Resource, []byte, error) {
 		next := NewNode(name)
-		if exists {
-			next = Clone(cur)
+		if cur.ModRevision != 0 {
+			r, err := DecodeStored(KindNode, name, cur.Value, cur.ModRevision)
+			if err != nil {
+				return nil, nil, err
+			}
+			next = r.(*Node)
 		}
 		if err := mutate(next); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if next.Metadata.Name != name {
-			return nil, fmt.Errorf("modify Node %q: the mutation renamed it to %q", name, next.Metadata.Name)
+			return nil, nil, fmt.Errorf("modify Node %q: the mutation renamed it to %q", name, next.Metadata.Name)
 		}
-		if !exists {
-			created, err := c.CreateNode(ctx, next)
-			if errors.Is(err, ErrAlreadyExists) {
-				continue
+		if cur.ModRevision != 0 {
+			after, err := encodeStoredOver(cur.Value, next)
+			if err != nil {
+				return nil, nil, err
 			}
-			return created, err
+			if bytes.Equal(after, cur.Value) {
+				return nil, nil, nil // nothing to write: the result is the stored Node
+			}
 		}
-		before, err1 := EncodeStored(cur)
-		after, err2 := EncodeStored(next)
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, err
-		}
-		if string(before) == string(after) {
-			return cur, nil
-		}
-		next.Metadata.ResourceVersion = cur.Metadata.ResourceVersion
-		updated, err := c.UpdateNode(ctx, next)
-		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
-			continue
-		}
-		return updated, err
+		return next, cur.Value, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("modify Node %q: %w", name, &KeyError{Key: c.Keys.Resource(KindNode, name), Err: ErrConflict})
+	return out.(*Node), nil
 }
 
 // writeGuard returns the extra conditions of a write. For a pool: no pool may overlap it,
@@ -431,34 +443,4 @@ func (c *Client) writeGuard(ctx context.Context, r Resource) ([]clientv3.Cmp, er
 		return nil, err
 	}
 	return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(prefix), "<", list.Revision+1).WithPrefix()}, nil
-}
-
-// putResult says how a conditional put went, and when it did not happen, what the key
-// looked like.
-type putResult struct {
-	ok          bool
-	rev         int64 // revision of the write
-	exists      bool  // when !ok: the key exists
-	modRevision int64 // when !ok and exists: its revision
-}
-
-func (c *Client) putIf(ctx context.Context, key string, value []byte, cmps []clientv3.Cmp) (putResult, error) {
-	resp, err := c.etcd.Txn(ctx).If(cmps...).
-		Then(clientv3.OpPut(key, string(value))).
-		Else(clientv3.OpGet(key)).
-		Commit()
-	if err != nil {
-		return putResult{}, Denied(err, key)
-	}
-	if resp.Succeeded {
-		return putResult{ok: true, rev: resp.Header.Revision}, nil
-	}
-	var res putResult
-	if len(resp.Responses) == 1 {
-		if r := resp.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) == 1 {
-			res.exists = true
-			res.modRevision = r.Kvs[0].ModRevision
-		}
-	}
-	return res, nil
 }
