@@ -226,8 +226,8 @@ func BenchmarkColdSyncOverhead(b *testing.B) {
 				fk := &nopKernel{newFakeKernel()}
 				k := newKernel(fk, fk, KernelOptions{Logger: quietLogger()})
 				rep := k.pass(context.Background(), &state, true)
-				if rep.failures != 0 || len(k.rec.routes) != n {
-					b.Fatalf("pass: %d failures, %d routes", rep.failures, len(k.rec.routes))
+				if rep.failures != 0 || k.routes.NumInstalled() != n {
+					b.Fatalf("pass: %d failures, %d routes", rep.failures, k.routes.NumInstalled())
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/route")

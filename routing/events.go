@@ -38,34 +38,34 @@ func (k *Kernel) handleRoute(u routeUpdate) {
 			if _, ok := k.rec.conflicts[key]; ok {
 				// The route that held a wanted prefix is gone: tabby's can go in.
 				delete(k.rec.conflicts, key)
-				k.routeDirty.mark(key)
+				k.routes.Mark(key)
 				k.askRepair(now)
 			}
 		case unix.RTM_NEWROUTE:
-			if _, ours := k.rec.routes[key]; ours && u.NlFlags&unix.NLM_F_REPLACE != 0 {
+			if _, ours := k.routes.Installed(key); ours && u.NlFlags&unix.NLM_F_REPLACE != 0 {
 				// Someone replaced tabby's route with their own: theirs stays.
-				k.rec.delRoute(key)
+				k.delRoute(key)
 				k.rec.conflicts[key] = int(u.Route.Protocol)
-				k.routeDirty.mark(key)
+				k.routes.Mark(key)
 				k.askRepair(now)
 			}
 		}
 		return
 	}
-	have, known := k.rec.routes[key]
+	have, known := k.routes.Installed(key)
 	switch u.Type {
 	case unix.RTM_DELROUTE:
 		if known && sameNextHop(have.kr, kr) {
-			k.rec.delRoute(key)
-			k.routeDirty.mark(key)
+			k.delRoute(key)
+			k.routes.Mark(key)
 			k.askRepair(now)
 		}
 	case unix.RTM_NEWROUTE:
 		if known && have.kr == kr {
 			return // the echo of our own change
 		}
-		k.rec.putRoute(key, installed{kr: kr, kind: have.kind, adopted: !known || have.adopted})
-		k.routeDirty.mark(key)
+		k.putRoute(key, routeEntry{kr: kr, kind: have.kind, adopted: !known || have.adopted})
+		k.routes.Mark(key)
 		k.askRepair(now)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/tabby-net/tabby/internal/backoff"
+	"github.com/tabby-net/tabby/internal/keyed"
 	"github.com/tabby-net/tabby/internal/latest"
 )
 
@@ -119,14 +120,16 @@ type Kernel struct {
 	idle atomic.Bool
 
 	// Owned by the Run goroutine.
-	sch        schedule
-	subs       subscriptions
-	rec        *record
-	want       compiled // the desired state being applied, in kernel terms
-	routeDirty dirty[routeKey]
-	neighDirty dirty[netip.Addr]
-	fdbDirty   dirty[string]
-	pend       pending
+	sch  schedule
+	subs subscriptions
+	rec  *record
+	want compiled // what the tables' wanted side was compiled from
+	// The keyed tables of desired against installed objects: tabby's routes in the main
+	// table, and vxlan.tabby's neighbours (tunnel address → MAC bytes) and FDB entries
+	// (MAC bytes → underlay address).
+	routes keyed.Table[routeKey, routeEntry]
+	neighs keyed.Table[netip.Addr, string]
+	fdb    keyed.Table[string, netip.Addr]
 	// installedWanted counts, in an all-dirty pass, the wanted routes found or put in the
 	// kernel; when it equals the record's size there is nothing to delete.
 	installedWanted int
@@ -512,7 +515,7 @@ func (k *Kernel) runPass(ctx context.Context, want *State) {
 	firstSync := rep.failures == 0 && !k.isSynced
 	if firstSync {
 		k.isSynced = true
-		k.log.Info("kernel routing synced", "routes", len(k.rec.routes), "took", end.Sub(now))
+		k.log.Info("kernel routing synced", "routes", k.routes.NumInstalled(), "took", end.Sub(now))
 	}
 	k.publish(rep, end)
 	if firstSync {
@@ -543,8 +546,8 @@ func (k *Kernel) publish(rep passReport, at time.Time) {
 	st.Routes = routes
 	st.Adopted = k.rec.adopted
 	st.Wanted = rep.wanted
-	st.Neighbors = len(k.rec.neighs)
-	st.FDB = len(k.rec.fdb)
+	st.Neighbors = k.neighs.NumInstalled()
+	st.FDB = k.fdb.NumInstalled()
 	st.Tunl0 = deviceState(k.rec.ipip, rep.tunl0Wanted)
 	st.VXLAN = deviceState(k.rec.vxlan, rep.vxlanWanted)
 	st.Problems = rep.problems

@@ -8,6 +8,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// The record is what the reconciler knows the kernel holds besides the installed side of
+// its keyed tables: devices, the link indexes routes use, nexthop objects, prefixes held by
+// other protocols, and counts kept as routes come and go. This file also has the kernel
+// form of a route (kroute, routeKey) and the one reusable request routes are written with.
+
 // routeKey identifies a route in the main table as the kernel does for IPv4 (tos is always
 // 0 here): one destination, one metric. It is packed small and pointer-free because the
 // reconciler's maps are keyed by it: hashing and garbage collection are most of its cost
@@ -45,24 +50,6 @@ func (r kroute) key() routeKey { return keyOf(r.dst, r.metric) }
 
 // nextHop is what a nexthop object for this route would hold.
 func (r kroute) nextHop() nhKey { return nhKey{gw: r.gw, link: r.link, onlink: r.onlink} }
-
-// nhKey is what a nexthop object of tabby's holds: a gateway on a device. tabby keeps one
-// object per distinct next hop and shares it between every route through that gateway.
-type nhKey struct {
-	gw     netip.Addr
-	link   int
-	onlink bool
-}
-
-// nhEntry is a nexthop object of tabby's protocol that the kernel has.
-type nhEntry struct {
-	key nhKey
-	// refs counts the routes of the record that use it; at 0 it is deleted.
-	refs int
-	// adopted marks an object found in the kernel (a previous run's): unused, it is
-	// deleted only once the first full sync is done, like an adopted route.
-	adopted bool
-}
 
 // request is a reusable netlink route request: the library does not keep the route it is
 // given, so one request (and its address buffers) serves every write of a pass.
@@ -151,13 +138,15 @@ func fromNetlink(in nlRoute) (kroute, bool) {
 	return r, true
 }
 
-// installed is one route of tabby's protocol that the kernel has, as far as tabby knows.
-type installed struct {
+// routeEntry is one route of tabby's protocol: wanted (a desired route resolved to kernel
+// terms) or installed (what the kernel has, as far as tabby knows).
+type routeEntry struct {
 	kr   kroute
 	kind RouteKind
-	// adopted marks a route tabby found in the kernel (a previous run's, or one someone
-	// else wrote with tabby's protocol) and has not matched to its desired state yet. An
-	// unwanted adopted route is swept only once the first full sync is done.
+	// adopted marks an installed route tabby found in the kernel (a previous run's, or one
+	// someone else wrote with tabby's protocol) and has not matched to its desired state
+	// yet. An unwanted adopted route is swept only once the first full sync is done. A
+	// wanted route is never adopted.
 	adopted bool
 }
 
@@ -171,20 +160,18 @@ type devRecord struct {
 	vxlan       VXLANDevice
 }
 
-// record is the reconciler's knowledge of what the kernel holds: the state it really
-// reached, updated after every successful operation and from kernel events and dumps.
+// record is the reconciler's knowledge of what the kernel holds beside its tables' installed
+// side: the state it really reached, updated after every successful operation and from
+// kernel events and dumps.
 type record struct {
-	routes map[routeKey]installed
-	// kinds and adopted count routes by kind (adopted ones apart), kept up to date by
-	// putRoute and delRoute so that status costs nothing per pass.
+	// kinds and adopted count installed routes by kind (adopted ones apart), kept up to
+	// date by Kernel.putRoute and delRoute so that status costs nothing per pass.
 	kinds   [len(routeKinds)]int
 	adopted int
 	// conflicts are wanted routes whose key the kernel holds under another protocol. They
 	// are left alone (SPEC §5: only tabby's protocol is ever changed) and reported.
 	conflicts map[routeKey]int
-	neighs    map[netip.Addr]string // on vxlan.tabby: tunnel address → MAC (its bytes)
-	fdb       map[string]netip.Addr // on vxlan.tabby: MAC (its bytes) → underlay address
-	links     map[string]int        // name → ifindex of the devices routes use
+	links     map[string]int // name → ifindex of the devices routes use
 	// nexthops are tabby's nexthop objects by id, nhByKey the one routes get for a next
 	// hop, nhIdle those no route uses (to delete), nhForeign the ids of every other
 	// nexthop object in the namespace (never to be allocated).
@@ -203,10 +190,7 @@ type record struct {
 
 func newRecord() *record {
 	return &record{
-		routes:    map[routeKey]installed{},
 		conflicts: map[routeKey]int{},
-		neighs:    map[netip.Addr]string{},
-		fdb:       map[string]netip.Addr{},
 		links:     map[string]int{},
 		nexthops:  map[uint32]*nhEntry{},
 		nhByKey:   map[nhKey]uint32{},
@@ -235,7 +219,8 @@ func kindIndex(k RouteKind) int {
 	return 5
 }
 
-func (r *record) count(in installed, d int) {
+// count adds (d = 1) or takes back (d = -1) one installed route.
+func (r *record) count(in routeEntry, d int) {
 	if in.adopted {
 		r.adopted += d
 	} else {
@@ -246,112 +231,8 @@ func (r *record) count(in installed, d int) {
 	}
 }
 
-// nhRef counts a route's use of a nexthop object; ids that are not tabby's are ignored.
-func (r *record) nhRef(id uint32, d int) {
-	e, ok := r.nexthops[id]
-	if !ok {
-		return
-	}
-	e.refs += d
-	if e.refs == 0 {
-		r.nhIdle[id] = struct{}{}
-	} else {
-		delete(r.nhIdle, id)
-	}
-}
-
-// putNexthop records a nexthop object of tabby's (created, or found in a dump).
-func (r *record) putNexthop(id uint32, key nhKey, adopted bool) {
-	r.nexthops[id] = &nhEntry{key: key, adopted: adopted}
-	r.nhIdle[id] = struct{}{}
-	r.putNexthopKey(id, key)
-	delete(r.nhForeign, id)
-	if id == r.nhNext {
-		r.nhNext++
-	}
-}
-
-// delNexthop forgets a nexthop object of tabby's. The routes that used it are gone with it
-// in the kernel: the caller forgets them first.
-func (r *record) delNexthop(id uint32) {
-	e, ok := r.nexthops[id]
-	if !ok {
-		return
-	}
-	delete(r.nexthops, id)
-	delete(r.nhIdle, id)
-	r.nhNext = min(r.nhNext, id)
-	if r.nhByKey[e.key] == id {
-		delete(r.nhByKey, e.key)
-		if len(r.nhByKey) == len(r.nexthops) {
-			return // every object holds its own next hop: no other can take over
-		}
-		// Another object with the same next hop (two found in a dump) takes over.
-		for other, o := range r.nexthops {
-			if o.key == e.key {
-				r.putNexthopKey(other, e.key)
-			}
-		}
-	}
-}
-
-// putNexthopKey makes id the object routes through key get, unless a lower id has it.
-func (r *record) putNexthopKey(id uint32, key nhKey) {
-	if have, ok := r.nhByKey[key]; !ok || id < have {
-		r.nhByKey[key] = id
-	}
-}
-
-// freeNexthopID returns the lowest id no nexthop object of the namespace has, as far as
-// the record knows, from nhNext on (every id below nhNext is taken).
-func (r *record) freeNexthopID() uint32 {
-	for id := max(r.nhNext, 1); ; id++ {
-		_, ours := r.nexthops[id]
-		_, theirs := r.nhForeign[id]
-		if !ours && !theirs {
-			r.nhNext = id
-			return id
-		}
-	}
-}
-
-// setNexthops replaces the record of nexthop objects by a dump's; setRoutes must follow
-// to count their uses.
-func (r *record) setNexthops(ours map[uint32]nhKey, foreign map[uint32]struct{}) {
-	clear(r.nexthops)
-	clear(r.nhByKey)
-	clear(r.nhIdle)
-	r.nhForeign = foreign
-	for id, key := range ours {
-		r.putNexthop(id, key, true)
-	}
-	r.nhNext = 1
-}
-
-func (r *record) putRoute(key routeKey, in installed) {
-	old, had := r.routes[key]
-	r.replaceRoute(key, in, old, had)
-}
-
-// replaceRoute is putRoute for a caller that has just looked the key up.
-func (r *record) replaceRoute(key routeKey, in, old installed, had bool) {
-	if had {
-		r.count(old, -1)
-	}
-	r.routes[key] = in
-	r.count(in, 1)
-}
-
-func (r *record) delRoute(key routeKey) {
-	if old, ok := r.routes[key]; ok {
-		r.count(old, -1)
-		delete(r.routes, key)
-	}
-}
-
-// setRoutes replaces the whole record of routes (after a dump).
-func (r *record) setRoutes(routes map[routeKey]installed) {
-	r.routes = routes
+// recount counts the installed routes again from nothing (after a dump).
+func (r *record) recount(routes map[routeKey]routeEntry) {
 	r.kinds = [len(routeKinds)]int{}
 	r.adopted = 0
 	for id, e := range r.nexthops {
