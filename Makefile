@@ -25,16 +25,20 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-# Installs the Debian packages only when one of them is missing, so a second run is quick
-# and makes no network access.
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Installs the Debian packages given as $(1) only when one of them is missing, so a second
+# run is quick and makes no network access.
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES))
 	@# bird2's package starts a system-wide bird; the tests start their own.
 	@systemctl disable --now bird >/dev/null 2>&1 || true
 	$(GO) mod download
@@ -88,6 +92,23 @@ test-vm: deps
 check-ansible:
 	./configs/ansible/tests/check.sh
 
+# The Debian package: dist/tabby_<version>_amd64.deb (packaging/deb/build.sh), checked
+# with lintian. The version comes from git describe (packaging/deb/version.sh); binaries
+# are stripped and built with -trimpath, so a tree builds the same package twice, and a
+# package already built and checked is taken from DEB_CACHE.
+DEB_VERSION ?= $(shell ./packaging/deb/version.sh 2>/dev/null || echo 0.0+unknown)
+DIST := dist
+DEB_CACHE ?= /var/cache/tabby-deb
+DEB_APT_PACKAGES := dpkg-dev lintian
+
+.PHONY: deb
+deb:
+	$(call apt_install,$(DEB_APT_PACKAGES))
+	@mkdir -p $(BIN)/deb
+	$(GO) build -trimpath -ldflags '-s -w -X $(PKG)/internal/version.Version=$(DEB_VERSION)' \
+	  -o $(BIN)/deb/ ./cmd/tabbyd ./cmd/tabbyctl ./cmd/tabby-cni
+	BIN_DIR=$(BIN)/deb VERSION='$(DEB_VERSION)' OUT_DIR=$(DIST) DEB_CACHE='$(DEB_CACHE)' ./packaging/deb/build.sh
+
 # Unit tests only (no root needed for most).
 test-unit:
 	$(GO) test -count=1 -short ./...
@@ -104,4 +125,4 @@ bench: deps build
 	GO='$(GO)' QUICK='$(QUICK)' ./bench/run.sh
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)

@@ -55,7 +55,7 @@ func TestUnitSaysWhatTheDaemonNeeds(t *testing.T) {
 			"Type":                    "notify",
 			"NotifyAccess":            "main",
 			"WatchdogSec":             "30",
-			"ExecStart":               "/usr/local/bin/tabbyd run --config /etc/tabby/tabbyd.yaml",
+			"ExecStart":               "/usr/bin/tabbyd run --config /etc/tabby/tabbyd.yaml",
 			"Restart":                 "always",
 			"RestartSec":              "2",
 			"KillSignal":              "SIGTERM",
@@ -135,7 +135,7 @@ func TestSystemdAcceptsTheUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := strings.ReplaceAll(string(unit), "/usr/local/bin/tabbyd", stand)
+	text := strings.ReplaceAll(string(unit), "/usr/bin/tabbyd", stand)
 	path := filepath.Join(dir, "tabbyd.service")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
