@@ -34,16 +34,16 @@ func (k routeKey) prefix() netip.Prefix {
 // kroute is a route as the kernel holds it, reduced to what tabby sets. Two kroutes are
 // equal exactly when replacing one by the other would change nothing tabby cares about.
 type kroute struct {
-	dst       netip.Prefix
-	metric    int
-	blackhole bool
+	dst    netip.Prefix
+	metric int
 	// gw, link and onlink are the next hop, whether the route names it itself or through
 	// the nexthop object nhid (0: none).
-	gw     netip.Addr
-	link   int
-	onlink bool
-	nhid   uint32
-	mtu    int
+	gw        netip.Addr
+	link      int
+	onlink    bool
+	blackhole bool // beside onlink and nhid, where it takes no room of its own
+	nhid      uint32
+	mtu       int
 }
 
 func (r kroute) key() routeKey { return keyOf(r.dst, r.metric) }
