@@ -180,21 +180,9 @@ func mergeDiff[T any](old, new []T, cmp func(a, b T) int, equal func(a, b T) boo
 func (k *Kernel) devIndex(name string) (int, error) {
 	switch name {
 	case DeviceIPIP:
-		switch {
-		case k.rec.ipip.ok:
-			return k.rec.ipip.index, nil
-		case k.rec.ipip.unsupported:
-			return 0, ErrNoIPIP
-		}
-		return 0, fmt.Errorf("%s is not configured", DeviceIPIP)
+		return k.rec.ipip.routeIndex(DeviceIPIP, ErrNoIPIP)
 	case DeviceVXLAN:
-		switch {
-		case k.rec.vxlan.ok:
-			return k.rec.vxlan.index, nil
-		case k.rec.vxlan.unsupported:
-			return 0, ErrNoVXLAN
-		}
-		return 0, fmt.Errorf("%s is not configured", DeviceVXLAN)
+		return k.rec.vxlan.routeIndex(DeviceVXLAN, ErrNoVXLAN)
 	}
 	if idx, ok := k.rec.links[name]; ok {
 		return idx, nil
@@ -205,4 +193,16 @@ func (k *Kernel) devIndex(name string) (int, error) {
 	}
 	k.rec.links[name] = link.Attrs().Index
 	return link.Attrs().Index, nil
+}
+
+// routeIndex is the interface index routes through the tunnel device name get, or why
+// there is none: unsupported when the kernel has no driver for it.
+func (d *devRecord) routeIndex(name string, unsupported error) (int, error) {
+	switch {
+	case d.ok:
+		return d.index, nil
+	case d.unsupported:
+		return 0, unsupported
+	}
+	return 0, fmt.Errorf("%s is not configured", name)
 }

@@ -66,21 +66,34 @@ func wanted(t *Table[string, int], keys ...string) map[string]int {
 	return m
 }
 
-func TestAddThenDeleteOnlyWhatDiffers(t *testing.T) {
-	var tb Table[string, int]
+// syncedAB returns a Table that wants a=1 and b=2 after a pass that installed them.
+func syncedAB(t *testing.T) (*Table[string, int], *kernel) {
+	t.Helper()
+	tb := &Table[string, int]{}
 	k := newKernel()
 	tb.Want("a", 1)
 	tb.Want("b", 2)
-	if errs := pass(&tb, k); errs != nil {
+	if errs := pass(tb, k); errs != nil {
 		t.Fatal(errs)
 	}
-	if want := map[string]int{"a": 1, "b": 2}; !maps.Equal(k.m, want) || !maps.Equal(installed(&tb), want) {
-		t.Fatalf("kernel %v, installed %v, want both %v", k.m, installed(&tb), want)
+	return tb, k
+}
+
+func TestAddThenDeleteOnlyWhatDiffers(t *testing.T) {
+	tb := &Table[string, int]{}
+	k := newKernel()
+	tb.Want("a", 1)
+	tb.Want("b", 2)
+	if errs := pass(tb, k); errs != nil {
+		t.Fatal(errs)
+	}
+	if want := map[string]int{"a": 1, "b": 2}; !maps.Equal(k.m, want) || !maps.Equal(installed(tb), want) {
+		t.Fatalf("kernel %v, installed %v, want both %v", k.m, installed(tb), want)
 	}
 
 	// Nothing changed: nothing is written, nothing is even visited.
 	k.writes = nil
-	pass(&tb, k)
+	pass(tb, k)
 	if k.writes != nil {
 		t.Errorf("a pass with nothing dirty wrote %v", k.writes)
 	}
@@ -94,18 +107,18 @@ func TestAddThenDeleteOnlyWhatDiffers(t *testing.T) {
 	tb.Unwant("b")
 	tb.Want("c", 3)
 	k.writes = nil
-	pass(&tb, k)
+	pass(tb, k)
 	slices.Sort(k.writes[:2]) // the adds' order among themselves is a map's
 	if want := []string{"a=10", "c=3", "-b"}; !slices.Equal(k.writes, want) {
 		t.Errorf("writes %v, want %v", k.writes, want)
 	}
-	if want := map[string]int{"a": 10, "c": 3}; !maps.Equal(installed(&tb), want) {
-		t.Errorf("installed %v, want %v", installed(&tb), want)
+	if want := map[string]int{"a": 10, "c": 3}; !maps.Equal(installed(tb), want) {
+		t.Errorf("installed %v, want %v", installed(tb), want)
 	}
 }
 
 func TestFailuresAreRetriedAndTheRecordIsWhatWasReached(t *testing.T) {
-	var tb Table[string, int]
+	tb := &Table[string, int]{}
 	k := newKernel()
 	k.m["old"] = 7
 	tb.ReplaceInstalled(map[string]int{"old": 7})
@@ -113,13 +126,13 @@ func TestFailuresAreRetriedAndTheRecordIsWhatWasReached(t *testing.T) {
 	tb.Want("b", 2)
 	k.broken["b"], k.broken["old"] = true, true
 
-	errs := pass(&tb, k)
+	errs := pass(tb, k)
 	if len(errs) != 2 {
 		t.Fatalf("errors %v, want one for b and one for old", errs)
 	}
 	// Partial failure: the record holds what really happened.
-	if want := map[string]int{"a": 1, "old": 7}; !maps.Equal(installed(&tb), want) {
-		t.Fatalf("installed %v, want %v", installed(&tb), want)
+	if want := map[string]int{"a": 1, "old": 7}; !maps.Equal(installed(tb), want) {
+		t.Fatalf("installed %v, want %v", installed(tb), want)
 	}
 	// Only the failed keys are dirty for the next pass.
 	dirty := slices.Sorted(tb.ToAdd())
@@ -130,23 +143,19 @@ func TestFailuresAreRetriedAndTheRecordIsWhatWasReached(t *testing.T) {
 	delete(k.broken, "b")
 	delete(k.broken, "old")
 	k.writes = nil
-	if errs := pass(&tb, k); errs != nil {
+	if errs := pass(tb, k); errs != nil {
 		t.Fatal(errs)
 	}
 	if want := []string{"b=2", "-old"}; !slices.Equal(k.writes, want) {
 		t.Errorf("retry wrote %v, want %v", k.writes, want)
 	}
-	if want := map[string]int{"a": 1, "b": 2}; !maps.Equal(installed(&tb), want) || !maps.Equal(k.m, want) {
-		t.Errorf("installed %v, kernel %v, want both %v", installed(&tb), k.m, want)
+	if want := map[string]int{"a": 1, "b": 2}; !maps.Equal(installed(tb), want) || !maps.Equal(k.m, want) {
+		t.Errorf("installed %v, kernel %v, want both %v", installed(tb), k.m, want)
 	}
 }
 
 func TestReplaceInstalledComparesEveryKey(t *testing.T) {
-	var tb Table[string, int]
-	k := newKernel()
-	tb.Want("a", 1)
-	tb.Want("b", 2)
-	pass(&tb, k)
+	tb, k := syncedAB(t)
 
 	// Someone changed a, removed b and added x behind the reconciler's back; a dump
 	// tells it.
@@ -156,7 +165,7 @@ func TestReplaceInstalledComparesEveryKey(t *testing.T) {
 		t.Fatal("a replaced installed side left keys clean")
 	}
 	k.writes = nil
-	pass(&tb, k)
+	pass(tb, k)
 	if want := map[string]int{"a": 1, "b": 2}; !maps.Equal(k.m, want) {
 		t.Errorf("kernel after the resync pass %v, want %v", k.m, want)
 	}
@@ -166,25 +175,21 @@ func TestReplaceInstalledComparesEveryKey(t *testing.T) {
 }
 
 func TestForgetInstalledRewritesWhatWasThere(t *testing.T) {
-	var tb Table[string, int]
-	k := newKernel()
-	tb.Want("a", 1)
-	tb.Want("b", 2)
-	pass(&tb, k)
+	tb, k := syncedAB(t)
 
 	clear(k.m) // the device holding them went away, and they with it
 	tb.ForgetInstalled()
 	if tb.NumInstalled() != 0 {
 		t.Fatalf("%d installed after ForgetInstalled", tb.NumInstalled())
 	}
-	pass(&tb, k)
+	pass(tb, k)
 	if want := map[string]int{"a": 1, "b": 2}; !maps.Equal(k.m, want) {
 		t.Errorf("kernel %v, want %v", k.m, want)
 	}
 }
 
 func TestWithoutSettleDirtyKeysStay(t *testing.T) {
-	var tb Table[string, int]
+	tb := &Table[string, int]{}
 	k := newKernel()
 	tb.Want("a", 1)
 	tb.StartPass()
@@ -192,23 +197,19 @@ func TestWithoutSettleDirtyKeysStay(t *testing.T) {
 	if dirty := slices.Collect(tb.ToAdd()); !slices.Equal(dirty, []string{"a"}) {
 		t.Fatalf("dirty %v, want [a]", dirty)
 	}
-	pass(&tb, k)
+	pass(tb, k)
 	if want := map[string]int{"a": 1}; !maps.Equal(k.m, want) {
 		t.Errorf("kernel %v, want %v", k.m, want)
 	}
 }
 
 func TestClearWantedMakesEveryKeyDirty(t *testing.T) {
-	var tb Table[string, int]
-	k := newKernel()
-	tb.Want("a", 1)
-	tb.Want("b", 2)
-	pass(&tb, k)
+	tb, k := syncedAB(t)
 
 	tb.ClearWanted(1)
 	tb.Want("b", 2)
 	k.writes = nil
-	pass(&tb, k)
+	pass(tb, k)
 	if want := []string{"-a"}; !slices.Equal(k.writes, want) {
 		t.Errorf("writes %v, want %v (b is installed as wanted)", k.writes, want)
 	}
@@ -223,7 +224,7 @@ func TestRandomTransitionsConverge(t *testing.T) {
 	keys := []string{"a", "b", "c", "d", "e", "f"}
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, 1))
-		var tb Table[string, int]
+		tb := &Table[string, int]{}
 		k := newKernel()
 		for step := range 30 {
 			for range rng.IntN(4) {
@@ -244,9 +245,9 @@ func TestRandomTransitionsConverge(t *testing.T) {
 					k.broken[key] = !k.broken[key]
 				}
 			}
-			errs := pass(&tb, k)
-			if !maps.Equal(installed(&tb), k.m) {
-				t.Fatalf("seed %d step %d: installed %v, kernel %v", seed, step, installed(&tb), k.m)
+			errs := pass(tb, k)
+			if !maps.Equal(installed(tb), k.m) {
+				t.Fatalf("seed %d step %d: installed %v, kernel %v", seed, step, installed(tb), k.m)
 			}
 			dirty := map[string]bool{}
 			if !tb.AllDirty() {
@@ -261,16 +262,16 @@ func TestRandomTransitionsConverge(t *testing.T) {
 					t.Fatalf("seed %d step %d: clean key %s wanted (%d, %v), installed (%d, %v)", seed, step, key, w, wok, h, hok)
 				}
 			}
-			if errs == nil && !maps.Equal(k.m, wanted(&tb, keys...)) {
-				t.Fatalf("seed %d step %d: a pass without failures left the kernel %v, want %v", seed, step, k.m, wanted(&tb, keys...))
+			if errs == nil && !maps.Equal(k.m, wanted(tb, keys...)) {
+				t.Fatalf("seed %d step %d: a pass without failures left the kernel %v, want %v", seed, step, k.m, wanted(tb, keys...))
 			}
 		}
 		clear(k.broken)
-		if errs := pass(&tb, k); errs != nil {
+		if errs := pass(tb, k); errs != nil {
 			t.Fatalf("seed %d: %v", seed, errors.Join(errs...))
 		}
-		if !maps.Equal(k.m, wanted(&tb, keys...)) {
-			t.Fatalf("seed %d: after the last pass the kernel is %v, want %v", seed, k.m, wanted(&tb, keys...))
+		if !maps.Equal(k.m, wanted(tb, keys...)) {
+			t.Fatalf("seed %d: after the last pass the kernel is %v, want %v", seed, k.m, wanted(tb, keys...))
 		}
 	}
 }
