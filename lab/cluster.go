@@ -89,6 +89,8 @@ type Cluster struct {
 	BinDir string
 	// Out receives progress lines.
 	Out io.Writer
+	// Secure, when set, makes etcd a TLS cluster with client certificates and RBAC.
+	Secure *SecureEtcd
 }
 
 // NewArticlesCluster is the lab of the articles under prefix, with pod-1..3 on worker-1..3.
@@ -119,10 +121,8 @@ func (c *Cluster) logFile(name string) string { return filepath.Join(c.StateDir,
 // PodNS is a workload's namespace.
 func (c *Cluster) PodNS(pod string) string { return c.Topo.Prefix + "-" + pod }
 
-// EtcdEndpoint is the etcd URL a host uses: the router's address in its subnet.
-func (c *Cluster) EtcdEndpoint(h Host) string {
-	return fmt.Sprintf("http://%s:%d", c.Topo.Gateway(h), EtcdPort)
-}
+// EtcdEndpoint is the first etcd URL a host uses (see EtcdEndpoints).
+func (c *Cluster) EtcdEndpoint(h Host) string { return c.EtcdEndpoints(h)[0] }
 
 func (c *Cluster) bin(name string) (string, error) { return lookBin(c.BinDir, name) }
 
@@ -234,6 +234,9 @@ func (c *Cluster) Down() error {
 // startEtcd runs `tabbylab etcd` inside the router's namespace, listening on the router's
 // address in every subnet, and waits until it answers.
 func (c *Cluster) startEtcd(ctx context.Context) error {
+	if c.Secure != nil {
+		return c.startSecureEtcd(ctx)
+	}
 	self, err := c.bin("tabbylab")
 	if err != nil {
 		return err
@@ -291,8 +294,9 @@ func (c *Cluster) ctlWithInput(ctx context.Context, host string, stdin io.Reader
 	if !ok {
 		return "", fmt.Errorf("unknown host %q", host)
 	}
-	all := append([]string{"--endpoints", c.EtcdEndpoint(h)}, args...)
+	all := append([]string{"--endpoints", strings.Join(c.EtcdEndpoints(h), ",")}, args...)
 	cmd := namedns.Command(c.Topo.HostNS(host), ctl, all...)
+	cmd.Env = append(os.Environ(), c.ctlEnv()...)
 	cmd.Stdin = stdin
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -353,9 +357,7 @@ func (c *Cluster) SetNATOutgoing(ctx context.Context, on bool) error {
 func (c *Cluster) tabbydConfig(h Host) string {
 	dir := c.hostDir(h.Name)
 	return fmt.Sprintf(`nodeName: %s
-etcd:
-  endpoints: [%q]
-ipv4:
+%sipv4:
   address: %s
 labels:
   subnet: %s
@@ -374,7 +376,7 @@ health:
 metrics:
   listen: "127.0.0.1:9091"
 logLevel: info
-`, h.Name, c.EtcdEndpoint(h), h.Addr, h.Segment,
+`, h.Name, c.etcdYAML(h), h.Addr, h.Segment,
 		filepath.Join(dir, "data"), filepath.Join(dir, "run"), c.StatusSocket(h.Name), filepath.Join(dir, "secrets"))
 }
 
@@ -405,7 +407,8 @@ func (c *Cluster) StartTabbyd(host string) error {
 		}
 	}
 	cfg := filepath.Join(c.hostDir(host), "tabbyd.yaml")
-	if err := os.WriteFile(cfg, []byte(c.tabbydConfig(h)), 0o644); err != nil {
+	// Root-only: the file may hold the etcd password.
+	if err := os.WriteFile(cfg, []byte(c.tabbydConfig(h)), 0o600); err != nil {
 		return err
 	}
 	c.say("starting tabbyd on %s (%s)", host, h.Addr)
@@ -475,8 +478,8 @@ type cniResult struct {
 
 // cniConfig is the network configuration tabby-cni gets for a host.
 func (c *Cluster) cniConfig(h Host) string {
-	return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tabby","type":"tabby-cni","etcd_endpoints":%q,"nodename":%q,"mtu":0,"data_dir":%q,"run_dir":%q}`,
-		c.EtcdEndpoint(h), h.Name, c.DataDir(h.Name), c.RunDir(h.Name))
+	return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tabby","type":"tabby-cni","etcd_endpoints":%q,"nodename":%q,"mtu":0,"data_dir":%q,"run_dir":%q%s}`,
+		strings.Join(c.EtcdEndpoints(h), ","), h.Name, c.DataDir(h.Name), c.RunDir(h.Name), c.cniEtcdJSON())
 }
 
 // AddWorkload creates a pod's namespace and plugs it in with tabby-cni, exactly as a CNI

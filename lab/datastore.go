@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -20,9 +21,20 @@ import (
 // The caller closes the client.
 func (c *Cluster) Datastore() (*datastore.Client, error) {
 	ns := c.Topo.RouterNS()
-	endpoint := fmt.Sprintf("http://%s:%d", c.Topo.Segments[0].Router.Addr(), EtcdPort)
+	endpoints := c.etcdURLs(c.Topo.Segments[0].Router.Addr())
+	var cred EtcdCredentials
+	if c.Secure != nil {
+		cred = c.EtcdCredentials(c.Secure.ctlUser())
+	}
+	tlsConf, err := c.clientTLS()
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for the lab: %w", err)
+	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{endpoint},
+		Endpoints:   endpoints,
+		TLS:         tlsConf,
+		Username:    cred.Username,
+		Password:    cred.Password,
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return namedns.Dial(ctx, ns, "tcp", addr)
@@ -31,7 +43,7 @@ func (c *Cluster) Datastore() (*datastore.Client, error) {
 		Logger: zap.NewNop(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for the lab (%s in %s): %w", endpoint, ns, err)
+		return nil, fmt.Errorf("etcd client for the lab (%s in %s): %w", strings.Join(endpoints, ","), ns, err)
 	}
 	return datastore.NewFromEtcd(cli, ""), nil
 }

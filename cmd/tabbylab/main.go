@@ -520,9 +520,15 @@ func takeLeadingFlags(cmd *cobra.Command, args []string) ([]string, error) {
 }
 
 // etcdCmd is internal: `up` runs it inside the router's namespace so the lab's etcd is a
-// real etcd server embedded in tabbylab, reachable at the router's address in each subnet.
+// real etcd server embedded in tabbylab, reachable at the router's address in each subnet:
+// one member alone over HTTP, or (with --initial-cluster and the TLS files) one member of
+// a cluster over TLS that requires client certificates.
 func etcdCmd() *cobra.Command {
-	var dataDir, listen string
+	var (
+		dataDir, listen, name, initialCluster string
+		clientPort, peerPort                  int
+		tls                                   etcdembed.TLS
+	)
 	cmd := &cobra.Command{
 		Use:    "etcd",
 		Short:  "run the lab's embedded etcd (started by up inside the router namespace)",
@@ -534,10 +540,15 @@ func etcdCmd() *cobra.Command {
 			if !ok {
 				return usageError{fmt.Errorf("--listen %q: want host:port", listen)}
 			}
-			srv, err := etcdembed.Start(cmd.Context(), etcdembed.Options{
-				Dir: dataDir, Host: "0.0.0.0", AdvertiseHost: host,
-				ClientPort: lab.EtcdPort, PeerPort: lab.EtcdPort + 1, Fast: true,
-			})
+			opts := etcdembed.Options{
+				Dir: dataDir, Host: "0.0.0.0", AdvertiseHost: host, Name: name,
+				ClientPort: clientPort, PeerPort: peerPort, InitialCluster: initialCluster,
+				ClusterToken: "tabby-lab", Fast: true,
+			}
+			if tls.CertFile != "" {
+				opts.TLS = &tls
+			}
+			srv, err := etcdembed.Start(cmd.Context(), opts)
 			if err != nil {
 				return err
 			}
@@ -547,7 +558,16 @@ func etcdCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", "", "etcd data directory")
-	cmd.Flags().StringVar(&listen, "listen", "", "comma-separated host:port the clients use")
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", "", "etcd data directory")
+	f.StringVar(&listen, "listen", "", "comma-separated host:port the clients use")
+	f.StringVar(&name, "name", "", "member name (default tabby)")
+	f.IntVar(&clientPort, "client-port", lab.EtcdPort, "client port")
+	f.IntVar(&peerPort, "peer-port", lab.EtcdPort+1, "peer port")
+	f.StringVar(&initialCluster, "initial-cluster", "", "name=peerURL,... of every member (default: this member alone)")
+	f.StringVar(&tls.CAFile, "ca-file", "", "CA of clients and peers (TLS)")
+	f.StringVar(&tls.CertFile, "cert-file", "", "member certificate (TLS; serves clients and peers)")
+	f.StringVar(&tls.KeyFile, "key-file", "", "member key (TLS)")
+	f.BoolVar(&tls.ClientCertAuth, "client-cert-auth", false, "require client certificates (TLS)")
 	return cmd
 }
