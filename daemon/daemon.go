@@ -59,6 +59,11 @@ type daemon struct {
 	metrics *metrics.Metrics
 	notify  *sdnotify.Notifier
 	started time.Time
+	// dataplane builds the subsystems that program the host.
+	dataplane dataplane
+	// peerStatusStale is how long an unanswered read of the BGP session table may take
+	// before readiness says so: the constant of that name; tests shorten it.
+	peerStatusStale time.Duration
 
 	// Set once at start.
 	nodeName string
@@ -72,19 +77,7 @@ type daemon struct {
 // route, device, rule and BGP route of the host in place. It returns an error only when it
 // cannot run at all (a port or socket taken, a configuration the host cannot honour).
 func Run(ctx context.Context, cfg *Config, log *slog.Logger, opts Options) error {
-	if opts.RTProtosDir == "" {
-		opts.RTProtosDir = DefaultRTProtosDir
-	}
-	d := &daemon{
-		cfg:     cfg,
-		opts:    opts,
-		log:     log,
-		health:  health.New(),
-		metrics: metrics.New(),
-		notify:  sdnotify.New(log),
-		started: time.Now(),
-	}
-	d.status = statusapi.Status{Version: version.Version, Peers: []statusapi.Peer{}}
+	d := newDaemon(cfg, log, opts, hostDataplane())
 	err := d.run(ctx)
 	d.notify.Stopping()
 	if err != nil {
@@ -94,10 +87,29 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, opts Options) error
 	return nil
 }
 
+func newDaemon(cfg *Config, log *slog.Logger, opts Options, dp dataplane) *daemon {
+	if opts.RTProtosDir == "" {
+		opts.RTProtosDir = DefaultRTProtosDir
+	}
+	d := &daemon{
+		cfg:             cfg,
+		opts:            opts,
+		log:             log,
+		health:          health.New(),
+		metrics:         metrics.New(),
+		notify:          sdnotify.New(log),
+		started:         time.Now(),
+		dataplane:       dp,
+		peerStatusStale: peerStatusStale,
+		status:          statusapi.Status{Version: version.Version, Peers: []statusapi.Peer{}},
+	}
+	d.health.Set(partStartup, "not converged yet")
+	return d
+}
+
 func (d *daemon) run(ctx context.Context) error {
 	g := newGroup(ctx)
 	defer g.Stop()
-	d.health.Set(partStartup, "not converged yet")
 	d.health.Beat(loopMain, 30*time.Second)
 	d.notify.Status("Starting")
 
@@ -105,8 +117,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.nodeName = name
-	d.setStatus(func(s *statusapi.Status) { s.Node = name })
+	d.setNode(name)
 	d.log.Info("tabbyd starting", "version", version.Version, "node", name, "config", d.cfg.File)
 
 	if err := d.startServers(g.ctx, g); err != nil {
@@ -124,8 +135,7 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		return fmt.Errorf("node address: %w", err)
 	}
-	d.addr = addr
-	d.setStatus(func(s *statusapi.Status) { s.NodeAddress = addr.Address.String() })
+	d.setAddress(addr)
 
 	switch changed, err := ensureIPForwarding(); {
 	case err != nil:
@@ -135,12 +145,30 @@ func (d *daemon) run(ctx context.Context) error {
 		d.log.Info("IPv4 forwarding turned on")
 	}
 
+	return d.runWired(g)
+}
+
+// runWired connects to the datastore, starts every subsystem and the main loop in g, and
+// waits for them: the part of a run after the node address is known.
+func (d *daemon) runWired(g *group) error {
 	w, err := d.wire(g)
 	if err != nil {
 		return err
 	}
 	g.Go(loopMain, w.loop)
 	return g.Wait()
+}
+
+// setNode records the node's name.
+func (d *daemon) setNode(name string) {
+	d.nodeName = name
+	d.setStatus(func(s *statusapi.Status) { s.Node = name })
+}
+
+// setAddress records the node's address.
+func (d *daemon) setAddress(addr autodetect.Result) {
+	d.addr = addr
+	d.setStatus(func(s *statusapi.Status) { s.NodeAddress = addr.Address.String() })
 }
 
 // setStatus changes the status document under the lock.

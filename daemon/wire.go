@@ -118,7 +118,7 @@ func (w *wiring) loop(ctx context.Context) error {
 		case <-w.d.health.Changed():
 		case <-tick.C:
 		}
-		w.refresh()
+		w.refresh(ctx)
 	}
 }
 
@@ -166,8 +166,9 @@ func (w *wiring) noteProblems(snap *datastore.Snapshot) {
 }
 
 // refresh recomputes readiness, the status document, metrics and the systemd status from
-// what the subsystems report, and sends READY=1 at the first full convergence.
-func (w *wiring) refresh() {
+// what the subsystems report, and sends READY=1 at the first full convergence. Nothing in
+// it waits past ctx (the loop's) or for long: the BGP session table is read with a bound.
+func (w *wiring) refresh(ctx context.Context) {
 	d := w.d
 	w.countDatastoreErrors()
 	dsReason := w.datastoreReason()
@@ -178,8 +179,8 @@ func (w *wiring) refresh() {
 	d.health.Set(partRoutes, routesReason)
 	natSynced, natReason := w.nat.report()
 	d.health.Set(partNAT, natReason)
-	peers := w.bgp.peers()
-	d.health.Set(partBGP, w.bgp.readiness(peers, time.Since(d.started)))
+	peers, stale := w.bgp.peers(ctx)
+	d.health.Set(partBGP, w.bgp.readiness(peers, stale, time.Since(d.started)))
 
 	if !w.converged && w.snap != nil && nodeSynced && routesSynced && natSynced {
 		w.converged = true
@@ -208,7 +209,7 @@ func (w *wiring) refresh() {
 	}
 	problems = append(problems, w.routes.problems()...)
 	problems = append(problems, w.nat.problems()...)
-	problems = append(problems, w.bgp.problemLines()...)
+	problems = append(problems, w.bgp.problems()...)
 	hostMTU, podMTU := w.routes.mtus()
 	d.setStatus(func(s *statusapi.Status) {
 		s.Peers = peers

@@ -2,17 +2,31 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/tabby-net/tabby/bgp"
-	"github.com/tabby-net/tabby/daemon/metrics"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/latest"
 	"github.com/tabby-net/tabby/internal/statusapi"
 	"github.com/tabby-net/tabby/routing"
+)
+
+// How the main loop reads the BGP session table. GoBGP answers on its management loop and
+// ignores the caller's context while it waits for it, so the read runs in a goroutine of
+// its own: the main loop waits for it at most peerStatusWait and otherwise goes on with
+// the table it read last, and only one read is ever outstanding.
+const (
+	// peerStatusWait is how long the main loop waits for one read, in all.
+	peerStatusWait = 500 * time.Millisecond
+	// peerStatusTimeout is the context deadline the speaker is given for one read.
+	peerStatusTimeout = 2 * time.Second
+	// peerStatusStale is how long a read may stay unanswered before readiness says
+	// that the BGP speaker does not answer.
+	peerStatusStale = 10 * time.Second
 )
 
 // bgpSub feeds the BGP speaker (SPEC §7). The speaker is started only once some BGP is
@@ -21,22 +35,37 @@ type bgpSub struct {
 	d *daemon
 	g *group
 
-	speaker *bgp.Speaker // nil until BGP is first needed
-	changed chan struct{}
+	speaker bgpSpeaker // nil until BGP is first needed
+	// routes holds the latest learned routes outside every pool, for the routing
+	// computation; its Wake wakes the main loop.
+	routes *latest.Value[[]routing.LearnedRoute]
 	// planner computes the configuration and advertisements at the cost of what changed:
 	// recomputed from the whole snapshot they cost milliseconds per change at scale, even
 	// with BGP idle.
 	planner bgp.Planner
 	// set is what the speaker was last given; nil before the first Set.
 	set *speakerInput
+	// problemLines are the configuration problems of the last snapshot.
+	problemLines []string
 
-	mu       sync.Mutex
-	routes   []routing.LearnedRoute
-	problems []string
+	// Owned by the main loop: the session table last read, and the read in flight.
+	table   []statusapi.Peer
+	reading *peerRead
+}
+
+// peerRead is one call of the speaker's Status in flight.
+type peerRead struct {
+	started time.Time
+	done    chan []statusapi.Peer // receives the answer; capacity 1, so the call never blocks on it
 }
 
 func newBGPSub(d *daemon, g *group) *bgpSub {
-	return &bgpSub{d: d, g: g, changed: make(chan struct{}, 1)}
+	return &bgpSub{
+		d:      d,
+		g:      g,
+		routes: latest.New[[]routing.LearnedRoute](),
+		table:  []statusapi.Peer{},
+	}
 }
 
 // speakerInput is one desired state of the speaker.
@@ -59,9 +88,7 @@ func (s *bgpSub) update(snap *datastore.Snapshot) {
 	for _, p := range problems {
 		lines = append(lines, "BGP: "+p.String())
 	}
-	s.mu.Lock()
-	s.problems = lines
-	s.mu.Unlock()
+	s.problemLines = lines
 	if s.speaker == nil {
 		if len(peers) == 0 {
 			return
@@ -77,22 +104,14 @@ func (s *bgpSub) update(snap *datastore.Snapshot) {
 }
 
 func (s *bgpSub) start() {
-	cfg := s.d.cfg
-	s.speaker = bgp.NewSpeaker(bgp.SpeakerOptions{
-		Logger: s.d.log,
-		RunDir: cfg.RunDir,
-		Timers: bgp.Timers{ConnectRetry: cfg.BGP.ConnectRetry, HoldTime: cfg.BGP.HoldTime, KeepaliveInterval: cfg.BGP.Keepalive},
-		ObserveReconcile: func(took time.Duration) {
-			s.d.metrics.ObserveReconcile(metrics.SubsystemBGP, took)
-		},
-	})
+	s.speaker = s.d.dataplane.speaker(s.d)
 	s.d.log.Info("BGP needed: starting the speaker")
 	s.g.Go("bgp speaker", s.speaker.Run)
 	s.g.Go("bgp learned routes", s.forwardLearned)
 }
 
 // forwardLearned keeps the latest learned routes (outside every pool) for the routing
-// computation and wakes the main loop.
+// computation, which wakes the main loop.
 func (s *bgpSub) forwardLearned(ctx context.Context) error {
 	for {
 		select {
@@ -103,49 +122,72 @@ func (s *bgpSub) forwardLearned(ctx context.Context) error {
 			for _, r := range learned {
 				routes = append(routes, routing.LearnedRoute{Prefix: r.Prefix, NextHop: r.NextHop})
 			}
-			s.mu.Lock()
-			s.routes = routes
-			s.mu.Unlock()
-			select {
-			case s.changed <- struct{}{}:
-			default:
-			}
+			s.routes.Set(routes)
 		}
 	}
 }
 
 // learnedChanged fires when the learned routes change.
-func (s *bgpSub) learnedChanged() <-chan struct{} { return s.changed }
+func (s *bgpSub) learnedChanged() <-chan struct{} { return s.routes.Wake() }
 
 // learned returns the latest learned routes.
 func (s *bgpSub) learned() []routing.LearnedRoute {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.routes
+	r, _ := s.routes.Load()
+	return r
 }
 
-// peers returns the session table; empty while BGP is not needed.
-func (s *bgpSub) peers() []statusapi.Peer {
+// peers returns the session table (empty while BGP is not needed) and, when the speaker
+// has not answered for long (daemon.peerStatusStale), why the table is old. It waits for
+// one read at most peerStatusWait in all and returns early when ctx ends, so a stuck
+// speaker delays no refresh and no shutdown.
+func (s *bgpSub) peers(ctx context.Context) ([]statusapi.Peer, string) {
 	if s.speaker == nil {
-		return []statusapi.Peer{}
+		return s.table, ""
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	peers := s.speaker.Status(ctx)
-	if peers == nil {
-		peers = []statusapi.Peer{}
+	if s.reading == nil {
+		r := &peerRead{started: time.Now(), done: make(chan []statusapi.Peer, 1)}
+		speaker := s.speaker
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
+			defer cancel()
+			r.done <- speaker.Status(rctx)
+		}()
+		s.reading = r
 	}
-	return peers
+	// A read the loop already waited for is only looked at, so that a stuck speaker slows
+	// the loop down once, not at every refresh.
+	wait := time.NewTimer(max(peerStatusWait-time.Since(s.reading.started), 0))
+	defer wait.Stop()
+	select {
+	case table := <-s.reading.done:
+		s.reading = nil
+		if table == nil {
+			table = []statusapi.Peer{}
+		}
+		s.table = table
+		return s.table, ""
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+	if time.Since(s.reading.started) >= s.d.peerStatusStale {
+		// A text that does not change while the speaker stays stuck: each change of a
+		// readiness reason wakes the main loop.
+		return s.table, fmt.Sprintf("BGP speaker not answering for more than %s; session states are from before", s.d.peerStatusStale)
+	}
+	return s.table, ""
 }
 
-// readiness is BGP's part of readiness: "" or "BGP not established with …".
-func (s *bgpSub) readiness(peers []statusapi.Peer, sinceStart time.Duration) string {
+// readiness is BGP's part of readiness: "" or "BGP not established with …", and why the
+// session table is old.
+func (s *bgpSub) readiness(peers []statusapi.Peer, stale string, sinceStart time.Duration) string {
 	_, reason := bgp.Readiness(peers, sinceStart)
-	return reason
+	var lines []string
+	for _, l := range []string{stale, reason} {
+		if l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return joinLines(lines)
 }
 
-func (s *bgpSub) problemLines() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.problems
-}
+func (s *bgpSub) problems() []string { return s.problemLines }

@@ -11,17 +11,14 @@ import (
 
 // natSub feeds the NAT-outgoing reconciler (ipsets and iptables, SPEC §6).
 type natSub struct {
-	n       *nat.NAT
+	n       natReconciler
 	metrics *metrics.Metrics
 	// lastSync is the end of the last sync already observed in the duration histogram.
 	lastSync time.Time
 }
 
 func newNATSub(d *daemon) (*natSub, error) {
-	n, err := nat.New(nat.Options{
-		Backend: d.cfg.Data.IPTablesBackend,
-		Logger:  d.log,
-	})
+	n, err := d.dataplane.nat(d)
 	if err != nil {
 		return nil, err
 	}

@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
-	"time"
-
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/tabby-net/tabby/daemon/metrics"
 	"github.com/tabby-net/tabby/datastore"
@@ -18,10 +14,9 @@ import (
 // routesSub feeds the kernel route reconciler (routes, tunnel devices, VXLAN neighbours
 // and FDB, SPEC §5) and publishes the pod MTU for tabby-cni.
 type routesSub struct {
-	d     *daemon
-	h     *netlink.Handle
-	k     *routing.Kernel
-	proto int
+	d    *daemon
+	k    routeReconciler
+	host hostReader
 
 	// What Desired needs to know about the host, read again when the kernel reports a
 	// change of the underlay.
@@ -39,41 +34,14 @@ type routesSub struct {
 }
 
 func newRoutesSub(d *daemon) (*routesSub, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	k, host, err := d.dataplane.routes(d)
 	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	proto := d.cfg.Data.RouteProtocol
-	// Only a convenience for `ip route` readers: a failure is reported, not fatal.
-	if err := routing.RegisterProtocol(filepath.Join(d.opts.RTProtosDir, routing.ProtocolName+".conf"), proto, routing.ProtocolName); err != nil {
-		d.log.Warn("route protocol name not registered; `ip route` shows the number", "err", err)
-	}
-	refresh := d.cfg.Data.RouteRefreshInterval
-	if refresh == 0 {
-		// 0 switches the periodic resync off; the reconciler has no such setting, so
-		// it gets a period long enough never to matter.
-		refresh = 1 << 62
-	}
-	k, err := routing.NewKernel(routing.KernelOptions{
-		Handle:          h,
-		Protocol:        proto,
-		RefreshInterval: refresh,
-		Logger:          d.log,
-		ObservePass: func(took time.Duration) {
-			d.metrics.ObserveReconcile(metrics.SubsystemRoutes, took)
-		},
-	})
-	if err != nil {
-		h.Close()
 		return nil, err
 	}
-	return &routesSub{d: d, h: h, k: k, proto: proto}, nil
+	return &routesSub{d: d, k: k, host: host}, nil
 }
 
-func (s *routesSub) run(ctx context.Context) error {
-	defer s.h.Close()
-	return s.k.Run(ctx)
-}
+func (s *routesSub) run(ctx context.Context) error { return s.k.Run(ctx) }
 
 // underlayChanged fires when the host's own routes or devices change: Direct and
 // BGP-learned routes resolve through them, and the host MTU may have changed.
@@ -82,13 +50,13 @@ func (s *routesSub) underlayChanged() <-chan struct{} { return s.k.UnderlayChang
 // readHost reads the underlay routes, the NIC and the host MTU.
 func (s *routesSub) readHost() {
 	var problems []string
-	underlay, err := routing.ReadUnderlay(s.h, s.proto)
+	underlay, err := s.host.Underlay()
 	if err != nil {
 		problems = append(problems, "cannot read the host's routes: "+err.Error())
 	} else {
 		s.underlay = underlay
 	}
-	mtu, nic, err := routing.HostMTU(s.h, s.d.addr.Address.Addr())
+	mtu, nic, err := s.host.MTU(s.d.addr.Address.Addr())
 	switch {
 	case err != nil:
 		problems = append(problems, "host MTU: "+err.Error())
