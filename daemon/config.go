@@ -562,7 +562,19 @@ func asString(raw any) (string, error) {
 	case int, int64, uint64, float64, bool:
 		return fmt.Sprint(v), nil
 	}
-	return "", fmt.Errorf("%v must be a single value", raw)
+	// The value itself is not repeated: it may be a password.
+	return "", fmt.Errorf("must be a single value, not %s", shapeOf(raw))
+}
+
+// shapeOf names the YAML shape of a value that should have been a scalar.
+func shapeOf(raw any) string {
+	switch raw.(type) {
+	case []any, []string:
+		return "a list"
+	case map[string]any, map[any]any:
+		return "a map"
+	}
+	return fmt.Sprintf("a %T", raw)
 }
 
 // asStringList accepts a YAML list, a []string from a flag, or a comma-separated string

@@ -184,6 +184,8 @@ func TestConfigErrors(t *testing.T) {
 			want: `config: labels: rack: "a b" is not a valid label value`},
 		{name: "keepalive over hold", file: "bgp:\n  holdTime: 9s\n  keepalive: 10s\n",
 			want: "config: bgp.keepalive: 10s must be shorter than bgp.holdTime (9s)"},
+		{name: "password not a single value", file: "etcd:\n  password: [Sekr1t]\n",
+			want: "config: etcd.password: must be a single value, not a list"},
 		{name: "not yaml", file: "nodeName: [x\n",
 			want: "config: FILE: yaml: line 1: did not find expected ',' or ']'"},
 	} {

@@ -358,8 +358,12 @@ func (c *config) fillFromTabbyd(path string) error {
 		case nil:
 		case string:
 			*s.into = v
+		case int, int64, uint64, float64, bool:
+			// A password of digits reads as a number; tabbyd takes it as text too.
+			*s.into = fmt.Sprint(v)
 		default:
-			return badKey("tabbyd_config", "%s: %s: %v is not a string", path, s.key, v)
+			// The value is not repeated: it may be the etcd password.
+			return badKey("tabbyd_config", "%s: %s: a %T is not a single value", path, s.key, v)
 		}
 	}
 	return nil

@@ -173,13 +173,18 @@ func TestLoadConfigBadTabbydConfig(t *testing.T) {
 		{"etcd: [unclosed", "tabbyd_config: " + filepath.Join(dir, "f.yaml") + " is not valid YAML"},
 		{"nodeName: n\n", "etcd_endpoints: not set, and tabbyd's configuration " + filepath.Join(dir, "f.yaml") + " has no etcd.endpoints"},
 		{"etcd:\n  endpoints: [1, 2]\n", "etcd.endpoints: 1 is not a string"},
-		{"etcd:\n  endpoints: [\"http://a:2379\"]\n  caFile: [x]\n", "caFile: [x] is not a string"},
+		{"etcd:\n  endpoints: [\"http://a:2379\"]\n  caFile: [x]\n", "caFile: a []interface {} is not a single value"},
+		// A bad password is refused without being shown.
+		{"etcd:\n  endpoints: [\"http://a:2379\"]\n  password: [Sekr1t]\n", "password: a []interface {} is not a single value"},
 		{"etcd:\n  endpoints: [\"a:2379\"]\n", "etcd_endpoints: \"a:2379\""},
 	} {
 		p := writeFile(t, dir, "f.yaml", tc.content)
 		_, err := loadConfig([]byte(`{"name":"x","tabbyd_config":"`+p+`"}`), fixedHost("h"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q:\n got  %v\n want %q", tc.content, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "Sekr1t") {
+			t.Errorf("%q: the error shows the password: %v", tc.content, err)
 		}
 	}
 }
