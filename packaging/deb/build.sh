@@ -40,8 +40,9 @@ install -m 0644 "$repo/systemd/tabbyd.service" "$root/lib/systemd/system/"
 install -m 0644 "$repo/systemd/tabby.tmpfiles.conf" "$root/usr/lib/tmpfiles.d/tabby.conf"
 # The example configuration, every key with its default: a conffile, so the operator's
 # (or the Ansible role's) version is kept on upgrade.
-install -m 0644 "$repo/configs/tabbyd.yaml" "$root/etc/tabby/tabbyd.yaml"
-install -m 0644 "$repo/systemd/tabbyd.env" "$root/etc/tabby/tabbyd.env"
+# Both may hold the etcd password (etcd.password, TABBY_ETCD_PASSWORD): root only.
+install -m 0600 "$repo/configs/tabbyd.yaml" "$root/etc/tabby/tabbyd.yaml"
+install -m 0600 "$repo/systemd/tabbyd.env" "$root/etc/tabby/tabbyd.env"
 # The route protocol name, as tabbyd itself writes it for the default protocol number.
 printf '95\ttabby\n' >"$root/etc/iproute2/rt_protos.d/tabby.conf"
 chmod 0644 "$root/etc/iproute2/rt_protos.d/tabby.conf"
