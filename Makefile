@@ -13,8 +13,9 @@ STATICCHECK_VERSION := v0.8.2
 export CGO_ENABLED := 0
 
 # Debian packages the tests, the lab and the demo use (gcc and libc6-dev: the race
-# detector needs cgo).
-APT_PACKAGES := iproute2 iptables ipset nftables bird2 iputils-ping etcd-server etcd-client iperf3 tcpdump procps util-linux systemd gcc libc6-dev
+# detector needs cgo; etcd-client and openssl: configs/etcd's scripts, which the secure
+# etcd tests run).
+APT_PACKAGES := iproute2 iptables ipset nftables bird2 iputils-ping etcd-server etcd-client openssl iperf3 tcpdump procps util-linux systemd gcc libc6-dev
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build deps test test-unit lint demo clean fmt
