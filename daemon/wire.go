@@ -26,6 +26,8 @@ type wiring struct {
 	converged bool
 	// seenProblems remembers the invalid documents already logged, by key and revision.
 	seenProblems map[datastore.Problem]bool
+	// seenStoredOnly remembers the stored-only notices already logged, by key and revision.
+	seenStoredOnly map[datastore.StoredOnlyNotice]bool
 	// datastoreErrors is the syncer's error count already added to the metric.
 	datastoreErrors uint64
 	// disconnectedSince is when the syncer was last seen not connected; zero while it is.
@@ -54,7 +56,7 @@ func (d *daemon) wire(g *group) (*wiring, error) {
 		}
 		return nil
 	})
-	w := &wiring{d: d, seenProblems: map[datastore.Problem]bool{}}
+	w := &wiring{d: d, seenProblems: map[datastore.Problem]bool{}, seenStoredOnly: map[datastore.StoredOnlyNotice]bool{}}
 	// A dead watch is noticed within two progress intervals: 5 s keeps "datastore
 	// unreachable" timely at the cost of one small request every 5 s. Of the IPAM handles
 	// (one per workload in the cluster) the daemon reads only its own tunnel handles.
@@ -163,6 +165,16 @@ func (w *wiring) noteProblems(snap *datastore.Snapshot) {
 	}
 	w.seenProblems = current
 	w.d.metrics.InvalidResources.Set(float64(len(snap.Problems)))
+
+	seen := map[datastore.StoredOnlyNotice]bool{}
+	for _, n := range snap.StoredOnly {
+		seen[n] = true
+		if !w.seenStoredOnly[n] {
+			w.d.log.Info("resource accepted with fields tabby stores but does not act on", "key", n.Key, "revision", n.ModRevision, "fields", n.Fields)
+		}
+	}
+	w.seenStoredOnly = seen
+	w.d.metrics.StoredOnlyResources.Set(float64(len(snap.StoredOnly)))
 }
 
 // refresh recomputes readiness, the status document, metrics and the systemd status from
@@ -214,7 +226,11 @@ func (w *wiring) refresh(ctx context.Context) {
 	d.setStatus(func(s *statusapi.Status) {
 		s.Peers = peers
 		s.Problems = problems
+		s.StoredOnly = nil
 		if w.snap != nil {
+			for _, n := range w.snap.StoredOnly {
+				s.StoredOnly = append(s.StoredOnly, n.String())
+			}
 			s.Revision = w.snap.Revision
 		}
 		s.HostMTU, s.PodMTU = hostMTU, podMTU

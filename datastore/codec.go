@@ -43,6 +43,10 @@ func kindOfDocument(r Resource) string {
 		return r.Kind
 	case *Node:
 		return r.Kind
+	case *IPAMConfiguration:
+		return r.Kind
+	case *IPReservation:
+		return r.Kind
 	}
 	return ""
 }
@@ -93,6 +97,10 @@ func setTypeMeta(r Resource) {
 	case *BGPPeer:
 		r.TypeMeta = tm
 	case *Node:
+		r.TypeMeta = tm
+	case *IPAMConfiguration:
+		r.TypeMeta = tm
+	case *IPReservation:
 		r.TypeMeta = tm
 	}
 }

@@ -148,15 +148,16 @@ func TestDecodeErrors(t *testing.T) {
 func TestDecodeStoredTolerantWithDefaults(t *testing.T) {
 	// As Calico's own tests store a pool: only cidr, ipipMode and natOutgoing, plus a field
 	// tabby does not know.
-	value := `{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"p"},"spec":{"cidr":"10.5.0.0/16","ipipMode":"Always","natOutgoing":true,"ipip":{"enabled":true},"assignmentMode":"Automatic"}}`
+	value := `{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"p"},"spec":{"cidr":"10.5.0.0/16","ipipMode":"Always","natOutgoing":true,"futureField":{"enabled":true},"assignmentMode":"Manual"}}`
 	r, err := datastore.DecodeStored(datastore.KindIPPool, "p", []byte(value), 42)
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}
 	p := r.(*datastore.IPPool)
+	manual := datastore.AssignmentManual
 	want := datastore.IPPoolSpec{
 		CIDR: "10.5.0.0/16", IPIPMode: datastore.EncapAlways, VXLANMode: datastore.EncapNever, NATOutgoing: true,
-		BlockSize: 26, NodeSelector: "all()", AllowedUses: []string{"Workload", "Tunnel"},
+		BlockSize: 26, NodeSelector: "all()", AllowedUses: []string{"Workload", "Tunnel"}, AssignmentMode: &manual,
 	}
 	if !reflect.DeepEqual(p.Spec, want) {
 		t.Errorf("spec = %+v, want %+v", p.Spec, want)

@@ -47,6 +47,10 @@ func SetDefaults(r Resource) {
 		if len(s.AllowedUses) == 0 {
 			s.AllowedUses = DefaultAllowedUses()
 		}
+		if s.AssignmentMode == nil {
+			m := AssignmentAutomatic
+			s.AssignmentMode = &m
+		}
 	case *BGPConfiguration:
 		r.TypeMeta = TypeMeta{Kind: KindBGPConfiguration, APIVersion: APIVersion}
 		if r.Metadata.Name != DefaultBGPConfigurationName {

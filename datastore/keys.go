@@ -15,6 +15,8 @@ var kindPlurals = map[string]string{
 	KindBGPConfiguration: "bgpconfigurations",
 	KindBGPPeer:          "bgppeers",
 	KindNode:             "nodes",
+	KindIPReservation:    "ipreservations",
+	// KindIPAMConfiguration has no key of its own: it is a view of the IPAM config key.
 }
 
 // Plural returns the key segment of a kind ("ippools" for IPPool), or "" for an unknown kind.

@@ -6,8 +6,8 @@ import (
 	"strings"
 )
 
-// Resource is one of tabby's four resource kinds (*IPPool, *BGPConfiguration, *BGPPeer,
-// *Node). Code that handles any kind (tabbyctl, the codec, the syncer) works through it;
+// Resource is one of tabby's resource kinds (*IPPool, *BGPConfiguration, *BGPPeer, *Node,
+// *IPAMConfiguration, *IPReservation). Code that handles any kind (tabbyctl, the codec, the syncer) works through it;
 // code that needs one kind uses the typed methods of Client.
 type Resource interface {
 	// ResourceKind is the kind as written in manifests ("IPPool").
@@ -16,18 +16,22 @@ type Resource interface {
 	Meta() *ObjectMeta
 }
 
-func (p *IPPool) ResourceKind() string           { return KindIPPool }
-func (p *IPPool) Meta() *ObjectMeta              { return &p.Metadata }
-func (c *BGPConfiguration) ResourceKind() string { return KindBGPConfiguration }
-func (c *BGPConfiguration) Meta() *ObjectMeta    { return &c.Metadata }
-func (p *BGPPeer) ResourceKind() string          { return KindBGPPeer }
-func (p *BGPPeer) Meta() *ObjectMeta             { return &p.Metadata }
-func (n *Node) ResourceKind() string             { return KindNode }
-func (n *Node) Meta() *ObjectMeta                { return &n.Metadata }
+func (p *IPPool) ResourceKind() string            { return KindIPPool }
+func (p *IPPool) Meta() *ObjectMeta               { return &p.Metadata }
+func (c *BGPConfiguration) ResourceKind() string  { return KindBGPConfiguration }
+func (c *BGPConfiguration) Meta() *ObjectMeta     { return &c.Metadata }
+func (p *BGPPeer) ResourceKind() string           { return KindBGPPeer }
+func (p *BGPPeer) Meta() *ObjectMeta              { return &p.Metadata }
+func (n *Node) ResourceKind() string              { return KindNode }
+func (n *Node) Meta() *ObjectMeta                 { return &n.Metadata }
+func (c *IPAMConfiguration) ResourceKind() string { return KindIPAMConfiguration }
+func (c *IPAMConfiguration) Meta() *ObjectMeta    { return &c.Metadata }
+func (r *IPReservation) ResourceKind() string     { return KindIPReservation }
+func (r *IPReservation) Meta() *ObjectMeta        { return &r.Metadata }
 
 // Kinds lists the resource kinds in the order tabbyctl shows them.
 func Kinds() []string {
-	return []string{KindIPPool, KindBGPConfiguration, KindBGPPeer, KindNode}
+	return []string{KindIPPool, KindBGPConfiguration, KindBGPPeer, KindNode, KindIPAMConfiguration, KindIPReservation}
 }
 
 // NewResource returns an empty resource of a kind, with its TypeMeta filled in.
@@ -42,6 +46,10 @@ func NewResource(kind string) (Resource, error) {
 		return &BGPPeer{TypeMeta: tm}, nil
 	case KindNode:
 		return &Node{TypeMeta: tm}, nil
+	case KindIPAMConfiguration:
+		return &IPAMConfiguration{TypeMeta: tm}, nil
+	case KindIPReservation:
+		return &IPReservation{TypeMeta: tm}, nil
 	}
 	return nil, unknownKindError(kind)
 }
@@ -74,4 +82,14 @@ func NewBGPPeer(name string) *BGPPeer {
 // NewNode returns a Node with its TypeMeta and name set.
 func NewNode(name string) *Node {
 	return &Node{TypeMeta: TypeMeta{Kind: KindNode, APIVersion: APIVersion}, Metadata: ObjectMeta{Name: name}}
+}
+
+// NewIPReservation returns an IPReservation with its TypeMeta and name set.
+func NewIPReservation(name string) *IPReservation {
+	return &IPReservation{TypeMeta: TypeMeta{Kind: KindIPReservation, APIVersion: APIVersion}, Metadata: ObjectMeta{Name: name}}
+}
+
+// NewIPAMConfiguration returns an IPAMConfiguration with its TypeMeta and name set.
+func NewIPAMConfiguration(name string) *IPAMConfiguration {
+	return &IPAMConfiguration{TypeMeta: TypeMeta{Kind: KindIPAMConfiguration, APIVersion: APIVersion}, Metadata: ObjectMeta{Name: name}}
 }

@@ -41,6 +41,9 @@ type Snapshot struct {
 
 	// Problems lists the documents that were refused, sorted by key.
 	Problems []Problem
+	// StoredOnly lists the resources in force that set fields tabby stores but does not
+	// act on (SPEC §2a), sorted by key.
+	StoredOnly []StoredOnlyNotice
 
 	// changes lists what differs from the snapshot the syncer made this one from; nil for
 	// a first snapshot and for snapshots not made by a Syncer. See ChangesSince.

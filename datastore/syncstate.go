@@ -36,6 +36,8 @@ type syncState struct {
 	problems map[string]Problem
 	// invalid counts the document versions refused since start.
 	invalid uint64
+	// storedOnly are the accepted resources that set fields tabby does not act on, by key.
+	storedOnly map[string]StoredOnlyNotice
 	// handleMaps shares equal IPAMHandle.Block maps between handles (most hold one
 	// address of one block): with tens of thousands of workloads the maps, not the data,
 	// would dominate the cache. Cleared when it outgrows the blocks it can refer to.
@@ -85,6 +87,7 @@ func newSyncState(keys Keys, log *slog.Logger) *syncState {
 		pools:    map[string]*poolEntry{},
 		problems: map[string]Problem{},
 
+		storedOnly:  map[string]StoredOnlyNotice{},
 		handleMaps:  map[string]map[string]int{},
 		allocations: map[string][]*int{},
 		unallocated: map[string][]int{},
@@ -163,7 +166,7 @@ func (b *snapBuilder) handles() map[string]*IPAMHandle {
 func (st *syncState) apply(changes []rawKV, rev int64) (*Snapshot, bool) {
 	next := *st.snap
 	b := &snapBuilder{next: &next, copied: map[string]bool{}}
-	changed, poolsChanged, problemsChanged := false, false, false
+	changed, poolsChanged, problemsChanged, storedOnlyChanged := false, false, false, false
 	for _, kv := range changes {
 		st.prepare(&kv)
 		if kv.parseErr == nil && kv.info.Type == KeyUnknown {
@@ -181,6 +184,7 @@ func (st *syncState) apply(changes []rawKV, rev int64) (*Snapshot, bool) {
 			st.revs[kv.key] = kv.modRev
 		}
 		changed = true
+		storedOnlyChanged = st.noteStoredOnly(kv) || storedOnlyChanged
 		if kv.parseErr != nil {
 			problemsChanged = st.setProblem(kv, kv.parseErr) || problemsChanged
 			continue
@@ -203,6 +207,12 @@ func (st *syncState) apply(changes []rawKV, rev int64) (*Snapshot, bool) {
 	if problemsChanged {
 		b.next.Problems = st.problemList()
 	}
+	if storedOnlyChanged {
+		b.next.StoredOnly = make([]StoredOnlyNotice, 0, len(st.storedOnly))
+		for _, key := range slices.Sorted(maps.Keys(st.storedOnly)) {
+			b.next.StoredOnly = append(b.next.StoredOnly, st.storedOnly[key])
+		}
+	}
 	b.next.changes = b.changesFrom(st.snap)
 	b.next.Revision = rev
 	st.snap = b.next
@@ -224,6 +234,25 @@ func (b *snapBuilder) changesFrom(prev *Snapshot) *Changes {
 		c.prev, c.keys = p, p.keys+c.keys
 	}
 	return &c
+}
+
+// noteStoredOnly records which fields of an accepted resource tabby does not act on
+// (SPEC §2a), and forgets them when the resource goes or is refused. It reports whether
+// the list changed.
+func (st *syncState) noteStoredOnly(kv rawKV) bool {
+	_, had := st.storedOnly[kv.key]
+	r, ok := kv.obj.(Resource)
+	if kv.deleted || kv.parseErr != nil || kv.err != nil || !ok {
+		delete(st.storedOnly, kv.key)
+		return had
+	}
+	fields := StoredOnly(r)
+	if len(fields) == 0 {
+		delete(st.storedOnly, kv.key)
+		return had
+	}
+	st.storedOnly[kv.key] = StoredOnlyNotice{Key: kv.key, ModRevision: kv.modRev, Fields: joinStoredOnly(fields)}
+	return true
 }
 
 // setProblem records (err != nil) or clears the problem of a key, reporting whether the

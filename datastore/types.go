@@ -20,10 +20,12 @@ const APIVersion = "projectcalico.org/v3"
 
 // Resource kinds, as they appear in manifests.
 const (
-	KindIPPool           = "IPPool"
-	KindBGPConfiguration = "BGPConfiguration"
-	KindBGPPeer          = "BGPPeer"
-	KindNode             = "Node"
+	KindIPPool            = "IPPool"
+	KindBGPConfiguration  = "BGPConfiguration"
+	KindBGPPeer           = "BGPPeer"
+	KindNode              = "Node"
+	KindIPAMConfiguration = "IPAMConfiguration"
+	KindIPReservation     = "IPReservation"
 )
 
 // Encapsulation modes of a pool (ipipMode, vxlanMode).
@@ -35,10 +37,22 @@ const (
 	EncapCrossSubnet EncapMode = "CrossSubnet"
 )
 
-// Allowed uses of a pool's addresses.
+// Allowed uses of a pool's addresses. tabby-cni assigns Workload addresses and tabbyd
+// Tunnel addresses; LoadBalancer pools are for a service load balancer, which tabby does
+// not have: they are stored and listed, and never assigned from.
 const (
-	UseWorkload = "Workload"
-	UseTunnel   = "Tunnel"
+	UseWorkload     = "Workload"
+	UseTunnel       = "Tunnel"
+	UseLoadBalancer = "LoadBalancer"
+)
+
+// AssignmentMode says whether IPAM may pick a pool on its own (Automatic) or only when a
+// request names it (Manual), as Calico's IPAM does.
+type AssignmentMode string
+
+const (
+	AssignmentAutomatic AssignmentMode = "Automatic"
+	AssignmentManual    AssignmentMode = "Manual"
 )
 
 // TypeMeta is the kind and apiVersion of a resource document.
@@ -76,7 +90,18 @@ type IPPoolSpec struct {
 	DisableBGPExport bool      `json:"disableBGPExport,omitempty"`
 	BlockSize        int       `json:"blockSize,omitempty"`
 	NodeSelector     string    `json:"nodeSelector,omitempty"`
-	AllowedUses      []string  `json:"allowedUses,omitempty"`
+	// IPIP and NATOutgoingV1 are Calico's v1 fields, which Calico's v3 validation
+	// refuses when set; they are modelled so that the refusal names them.
+	IPIP           *IPIPConfiguration `json:"ipip,omitempty"`
+	NATOutgoingV1  bool               `json:"nat-outgoing,omitempty"`
+	AllowedUses    []string           `json:"allowedUses,omitempty"`
+	AssignmentMode *AssignmentMode    `json:"assignmentMode,omitempty"`
+}
+
+// IPIPConfiguration is Calico's v1 form of ipipMode (spec.ipip), refused in v3.
+type IPIPConfiguration struct {
+	Enabled bool      `json:"enabled,omitempty"`
+	Mode    EncapMode `json:"mode,omitempty"`
 }
 
 // BGPConfiguration holds cluster-wide BGP settings ("default") or one node's overrides
@@ -87,14 +112,42 @@ type BGPConfiguration struct {
 	Spec     BGPConfigurationSpec `json:"spec"`
 }
 
-// BGPConfigurationSpec mirrors the fields of Calico's BGPConfigurationSpec that tabby uses.
+// BGPConfigurationSpec mirrors Calico v3.30's BGPConfigurationSpec field for field (names
+// and order). Which of them tabby acts on is said by StoredOnly.
 type BGPConfigurationSpec struct {
-	LogSeverityScreen      string       `json:"logSeverityScreen,omitempty"`
-	NodeToNodeMeshEnabled  *bool        `json:"nodeToNodeMeshEnabled,omitempty"`
-	ASNumber               *ASNumber    `json:"asNumber,omitempty"`
-	ListenPort             uint16       `json:"listenPort,omitempty"`
-	NodeMeshPassword       *BGPPassword `json:"nodeMeshPassword,omitempty"`
-	NodeMeshMaxRestartTime *Duration    `json:"nodeMeshMaxRestartTime,omitempty"`
+	LogSeverityScreen        string                `json:"logSeverityScreen,omitempty"`
+	NodeToNodeMeshEnabled    *bool                 `json:"nodeToNodeMeshEnabled,omitempty"`
+	ASNumber                 *ASNumber             `json:"asNumber,omitempty"`
+	ServiceLoadBalancerIPs   []ServiceCIDR         `json:"serviceLoadBalancerIPs,omitempty"`
+	ServiceExternalIPs       []ServiceCIDR         `json:"serviceExternalIPs,omitempty"`
+	ServiceClusterIPs        []ServiceCIDR         `json:"serviceClusterIPs,omitempty"`
+	Communities              []Community           `json:"communities,omitempty"`
+	PrefixAdvertisements     []PrefixAdvertisement `json:"prefixAdvertisements,omitempty"`
+	ListenPort               uint16                `json:"listenPort,omitempty"`
+	NodeMeshPassword         *BGPPassword          `json:"nodeMeshPassword,omitempty"`
+	NodeMeshMaxRestartTime   *Duration             `json:"nodeMeshMaxRestartTime,omitempty"`
+	BindMode                 *string               `json:"bindMode,omitempty"`
+	IgnoredInterfaces        []string              `json:"ignoredInterfaces,omitempty"`
+	LocalWorkloadPeeringIPV4 string                `json:"localWorkloadPeeringIPV4,omitempty"`
+	LocalWorkloadPeeringIPV6 string                `json:"localWorkloadPeeringIPV6,omitempty"`
+}
+
+// ServiceCIDR is one entry of a BGPConfiguration's serviceLoadBalancerIPs,
+// serviceExternalIPs or serviceClusterIPs.
+type ServiceCIDR struct {
+	CIDR string `json:"cidr,omitempty"`
+}
+
+// Community names a BGP community value ("aa:nn" or the large "aa:nn:mm").
+type Community struct {
+	Name  string `json:"name,omitempty"`
+	Value string `json:"value,omitempty"`
+}
+
+// PrefixAdvertisement attaches communities to the routes of one CIDR.
+type PrefixAdvertisement struct {
+	CIDR        string   `json:"cidr,omitempty"`
+	Communities []string `json:"communities,omitempty"`
 }
 
 // BGPPeer is an explicit BGP peering: with an address (peerIP) or with the tabby nodes a
@@ -105,17 +158,34 @@ type BGPPeer struct {
 	Spec     BGPPeerSpec `json:"spec"`
 }
 
-// BGPPeerSpec mirrors the fields of Calico's BGPPeerSpec that tabby uses.
+// BGPPeerSpec mirrors Calico v3.30's BGPPeerSpec field for field (names and order), plus
+// the fields later Calico versions added (localASNumber, keepaliveTime, nextHopMode), so
+// that their manifests apply too. Which of them tabby acts on is said by StoredOnly.
 type BGPPeerSpec struct {
-	Node                string       `json:"node,omitempty"`
-	PeerIP              string       `json:"peerIP,omitempty"`
-	ASNumber            ASNumber     `json:"asNumber,omitempty"`
-	NodeSelector        string       `json:"nodeSelector,omitempty"`
-	PeerSelector        string       `json:"peerSelector,omitempty"`
-	KeepOriginalNextHop bool         `json:"keepOriginalNextHop,omitempty"`
-	Password            *BGPPassword `json:"password,omitempty"`
-	MaxRestartTime      *Duration    `json:"maxRestartTime,omitempty"`
+	Node                     string       `json:"node,omitempty"`
+	NodeSelector             string       `json:"nodeSelector,omitempty"`
+	PeerIP                   string       `json:"peerIP,omitempty"`
+	ASNumber                 ASNumber     `json:"asNumber,omitempty"`
+	LocalASNumber            *ASNumber    `json:"localASNumber,omitempty"`
+	PeerSelector             string       `json:"peerSelector,omitempty"`
+	KeepOriginalNextHop      bool         `json:"keepOriginalNextHop,omitempty"`
+	NextHopMode              *string      `json:"nextHopMode,omitempty"`
+	Password                 *BGPPassword `json:"password,omitempty"`
+	SourceAddress            string       `json:"sourceAddress,omitempty"`
+	MaxRestartTime           *Duration    `json:"maxRestartTime,omitempty"`
+	KeepaliveTime            *Duration    `json:"keepaliveTime,omitempty"`
+	NumAllowedLocalASNumbers *int32       `json:"numAllowedLocalASNumbers,omitempty"`
+	TTLSecurity              *uint8       `json:"ttlSecurity,omitempty"`
+	ReachableBy              string       `json:"reachableBy,omitempty"`
+	Filters                  []string     `json:"filters,omitempty"`
+	LocalWorkloadSelector    string       `json:"localWorkloadSelector,omitempty"`
 }
+
+// Source addresses of a BGPPeer's session (sourceAddress).
+const (
+	SourceAddressUseNodeIP = "UseNodeIP"
+	SourceAddressNone      = "None"
+)
 
 // BGPPassword is Calico's password reference. tabby reads the secret from
 // <bgp.secretsDir>/<name>/<key> on each host (SPEC §7).
@@ -134,13 +204,19 @@ type Node struct {
 	TypeMeta
 	Metadata ObjectMeta `json:"metadata"`
 	Spec     NodeSpec   `json:"spec"`
+	Status   NodeStatus `json:"status,omitzero"`
 }
 
-// NodeSpec mirrors the fields of Calico's NodeSpec that tabby uses.
+// NodeSpec mirrors Calico v3.30's NodeSpec field for field (names and order).
 type NodeSpec struct {
-	BGP                 *NodeBGPSpec `json:"bgp,omitempty"`
-	IPv4VXLANTunnelAddr string       `json:"ipv4VXLANTunnelAddr,omitempty"`
-	VXLANTunnelMACAddr  string       `json:"vxlanTunnelMACAddr,omitempty"`
+	BGP                  *NodeBGPSpec       `json:"bgp,omitempty"`
+	IPv4VXLANTunnelAddr  string             `json:"ipv4VXLANTunnelAddr,omitempty"`
+	VXLANTunnelMACAddr   string             `json:"vxlanTunnelMACAddr,omitempty"`
+	IPv6VXLANTunnelAddr  string             `json:"ipv6VXLANTunnelAddr,omitempty"`
+	VXLANTunnelMACAddrV6 string             `json:"vxlanTunnelMACAddrV6,omitempty"`
+	OrchRefs             []OrchRef          `json:"orchRefs,omitempty"`
+	Wireguard            *NodeWireguardSpec `json:"wireguard,omitempty"`
+	Addresses            []NodeAddress      `json:"addresses,omitempty"`
 }
 
 // NodeBGPSpec is the BGP part of a Node. IPv4Address carries its prefix length: the prefix
@@ -148,8 +224,63 @@ type NodeSpec struct {
 type NodeBGPSpec struct {
 	ASNumber                *ASNumber `json:"asNumber,omitempty"`
 	IPv4Address             string    `json:"ipv4Address,omitempty"`
+	IPv6Address             string    `json:"ipv6Address,omitempty"`
 	IPv4IPIPTunnelAddr      string    `json:"ipv4IPIPTunnelAddr,omitempty"`
 	RouteReflectorClusterID string    `json:"routeReflectorClusterID,omitempty"`
+}
+
+// OrchRef names the node in an orchestrator (Kubernetes, OpenStack) that this Node is.
+type OrchRef struct {
+	NodeName     string `json:"nodeName,omitempty"`
+	Orchestrator string `json:"orchestrator"`
+}
+
+// NodeWireguardSpec holds a node's WireGuard interface addresses.
+type NodeWireguardSpec struct {
+	InterfaceIPv4Address string `json:"interfaceIPv4Address,omitempty"`
+	InterfaceIPv6Address string `json:"interfaceIPv6Address,omitempty"`
+}
+
+// NodeAddress is one of a node's addresses and its type (CalicoNodeIP, InternalIP,
+// ExternalIP).
+type NodeAddress struct {
+	Address string `json:"address"`
+	Type    string `json:"type,omitempty"`
+}
+
+// NodeStatus is what Calico's components report about a node.
+type NodeStatus struct {
+	WireguardPublicKey   string   `json:"wireguardPublicKey,omitempty"`
+	WireguardPublicKeyV6 string   `json:"wireguardPublicKeyV6,omitempty"`
+	PodCIDRs             []string `json:"podCIDRs,omitempty"`
+}
+
+// IPAMConfiguration is the user-facing view of the cluster's IPAM configuration (the key
+// <root>/ipam/v2/config, stored in Calico's internal form). Its only name is "default".
+type IPAMConfiguration struct {
+	TypeMeta
+	Metadata ObjectMeta            `json:"metadata"`
+	Spec     IPAMConfigurationSpec `json:"spec"`
+}
+
+// IPAMConfigurationSpec mirrors Calico's IPAMConfigurationSpec, plus autoAllocateBlocks,
+// which Calico keeps in the stored configuration but does not expose in the resource.
+type IPAMConfigurationSpec struct {
+	StrictAffinity     bool  `json:"strictAffinity"`
+	MaxBlocksPerHost   int32 `json:"maxBlocksPerHost,omitempty"`
+	AutoAllocateBlocks *bool `json:"autoAllocateBlocks,omitempty"`
+}
+
+// IPReservation lists addresses that IPAM never assigns, as Calico's IPAM does.
+type IPReservation struct {
+	TypeMeta
+	Metadata ObjectMeta        `json:"metadata"`
+	Spec     IPReservationSpec `json:"spec"`
+}
+
+// IPReservationSpec mirrors Calico's IPReservationSpec.
+type IPReservationSpec struct {
+	ReservedCIDRs []string `json:"reservedCIDRs,omitempty"`
 }
 
 // ASNumber is a BGP AS number. Like Calico's numorstring.ASNumber it is stored as a JSON

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
@@ -83,6 +84,10 @@ func validateDefaulted(r Resource) error {
 		validateBGPPeer(f, r)
 	case *Node:
 		validateNode(f, r)
+	case *IPAMConfiguration:
+		validateIPAMConfiguration(f, r)
+	case *IPReservation:
+		validateIPReservation(f, r)
 	}
 	return f.err()
 }
@@ -110,7 +115,9 @@ func checkName(s string) string {
 
 func validateMeta(f *fieldErrors, r Resource) {
 	m := r.Meta()
-	if _, isConfig := r.(*BGPConfiguration); !isConfig {
+	switch r.(type) {
+	case *BGPConfiguration, *IPAMConfiguration: // their names have rules of their own
+	default:
 		if why := checkName(m.Name); why != "" {
 			f.add("metadata.name", "%s", why)
 		}
@@ -189,7 +196,8 @@ func validatePool(f *fieldErrors, p *IPPool) {
 	}
 	if s.BlockSize < 20 || s.BlockSize > 32 {
 		f.add("spec.blockSize", "%d is outside 20..32", s.BlockSize)
-	} else if cidrErr == nil && cidr.Bits() > s.BlockSize {
+	} else if cidrErr == nil && cidr.Bits() > s.BlockSize && !s.Disabled {
+		// Calico checks the size of enabled pools only: a disabled pool allocates nothing.
 		f.add("spec.blockSize", "the pool %s is smaller than one block (/%d): use a larger pool or a blockSize of at least %d", cidr, s.BlockSize, cidr.Bits())
 	}
 	modesOK := true
@@ -206,11 +214,46 @@ func validatePool(f *fieldErrors, p *IPPool) {
 		f.add("spec.vxlanMode", "ipipMode (%s) and vxlanMode (%s) cannot both be enabled: choose one encapsulation", s.IPIPMode, s.VXLANMode)
 	}
 	checkSelector(f, "spec.nodeSelector", s.NodeSelector)
+	if s.IPIP != nil {
+		f.add("spec.ipip", "is Calico's v1 form, not accepted in %s: use spec.ipipMode", APIVersion)
+	}
+	if s.NATOutgoingV1 {
+		f.add("spec.nat-outgoing", "is Calico's v1 form, not accepted in %s: use spec.natOutgoing", APIVersion)
+	}
+	if m := s.AssignmentMode; m != nil && *m != AssignmentAutomatic && *m != AssignmentManual {
+		f.add("spec.assignmentMode", "%q is not one of %s, %s", *m, AssignmentAutomatic, AssignmentManual)
+	}
+	loadBalancer := slices.Contains(s.AllowedUses, UseLoadBalancer)
 	for i, u := range s.AllowedUses {
-		if u != UseWorkload && u != UseTunnel {
-			f.add(fmt.Sprintf("spec.allowedUses[%d]", i), "%q is not one of %s, %s", u, UseWorkload, UseTunnel)
+		field := fmt.Sprintf("spec.allowedUses[%d]", i)
+		switch u {
+		case UseLoadBalancer:
+		case UseWorkload, UseTunnel:
+			if loadBalancer {
+				f.add(field, "%s cannot be combined with %s: a LoadBalancer pool is for load balancer addresses alone", u, UseLoadBalancer)
+			}
+		default:
+			f.add(field, "%q is not one of %s, %s, %s", u, UseWorkload, UseTunnel, UseLoadBalancer)
 		}
 	}
+	if loadBalancer {
+		// Calico's rules for LoadBalancer pools.
+		if modesOK && (s.IPIPMode != EncapNever || s.VXLANMode != EncapNever) {
+			f.add("spec.ipipMode", "a LoadBalancer pool cannot have IP-in-IP or VXLAN enabled")
+		}
+		if s.DisableBGPExport {
+			f.add("spec.disableBGPExport", "a LoadBalancer pool is exported by BGP: disableBGPExport must be false")
+		}
+		if s.NodeSelector != DefaultNodeSelector {
+			f.add("spec.nodeSelector", "%q: a LoadBalancer pool must select all() nodes", s.NodeSelector)
+		}
+	}
+}
+
+// PoolAssignsAutomatically reports whether IPAM may pick the pool on its own (Calico's
+// Automatic assignment mode, the default); a Manual pool is used only when a request names it.
+func PoolAssignsAutomatically(s IPPoolSpec) bool {
+	return s.AssignmentMode == nil || *s.AssignmentMode != AssignmentManual
 }
 
 func validEncap(m EncapMode) bool {
@@ -261,7 +304,7 @@ func poolOverlap(p *IPPool, others []*IPPool) error {
 	return f.err()
 }
 
-var logSeverities = []string{"Debug", "Info", "Warning", "Error", "Fatal"}
+var logSeverities = []string{"Trace", "Debug", "Info", "Warning", "Error", "Fatal"}
 
 func validateBGPConfiguration(f *fieldErrors, c *BGPConfiguration) {
 	name := c.Metadata.Name
@@ -282,25 +325,105 @@ func validateBGPConfiguration(f *fieldErrors, c *BGPConfiguration) {
 	if s.NodeMeshPassword != nil {
 		checkPassword(f, "spec.nodeMeshPassword", s.NodeMeshPassword)
 	}
-	if s.NodeMeshMaxRestartTime != nil && s.NodeMeshMaxRestartTime.Duration <= 0 {
-		f.add("spec.nodeMeshMaxRestartTime", "%s is not a positive duration", s.NodeMeshMaxRestartTime.Duration)
+	if s.NodeMeshMaxRestartTime != nil && s.NodeMeshMaxRestartTime.Duration < 0 {
+		f.add("spec.nodeMeshMaxRestartTime", "%s is negative", s.NodeMeshMaxRestartTime.Duration)
 	}
-	if nodeSpecific {
-		// These settings are cluster-wide: a node-specific copy would be silently ignored.
-		for _, c := range []struct {
-			field string
-			set   bool
-		}{
-			{"spec.asNumber", s.ASNumber != nil},
-			{"spec.nodeToNodeMeshEnabled", s.NodeToNodeMeshEnabled != nil},
-			{"spec.nodeMeshPassword", s.NodeMeshPassword != nil},
-			{"spec.nodeMeshMaxRestartTime", s.NodeMeshMaxRestartTime != nil},
-		} {
-			if c.set {
-				f.add(c.field, "is cluster-wide: set it in BGPConfiguration %q, not in a node-specific one (which may set listenPort and logSeverityScreen)", DefaultBGPConfigurationName)
+	mesh := s.NodeToNodeMeshEnabled
+	if s.NodeMeshPassword != nil && mesh != nil && !*mesh {
+		f.add("spec.nodeMeshPassword", "cannot be set while nodeToNodeMeshEnabled is false")
+	}
+	if s.NodeMeshMaxRestartTime != nil && mesh != nil && !*mesh {
+		f.add("spec.nodeMeshMaxRestartTime", "cannot be set while nodeToNodeMeshEnabled is false")
+	}
+	for _, l := range []struct {
+		field string
+		cidrs []ServiceCIDR
+	}{{"spec.serviceLoadBalancerIPs", s.ServiceLoadBalancerIPs}, {"spec.serviceExternalIPs", s.ServiceExternalIPs}, {"spec.serviceClusterIPs", s.ServiceClusterIPs}} {
+		for i, c := range l.cidrs {
+			if c.CIDR != "" && !isCIDROrIP(c.CIDR) {
+				f.add(fmt.Sprintf("%s[%d].cidr", l.field, i), "%q is not a CIDR or an IP address", c.CIDR)
 			}
 		}
 	}
+	defined := map[string]bool{}
+	for i, c := range s.Communities {
+		field := fmt.Sprintf("spec.communities[%d]", i)
+		if c.Name == "" {
+			f.add(field+".name", "required")
+		} else if !dns1123Subdomain.MatchString(c.Name) {
+			f.add(field+".name", "%q is not a valid name", c.Name)
+		}
+		if c.Value == "" {
+			f.add(field+".value", "required")
+		} else if why := checkCommunity(c.Value); why != "" {
+			f.add(field+".value", "%s", why)
+		}
+		defined[c.Name] = true
+	}
+	if len(s.Communities) > 0 && len(s.PrefixAdvertisements) == 0 {
+		f.add("spec.communities", "are defined but no prefixAdvertisements use them")
+	}
+	for i, pa := range s.PrefixAdvertisements {
+		field := fmt.Sprintf("spec.prefixAdvertisements[%d]", i)
+		if !isCIDROrIP(pa.CIDR) {
+			f.add(field+".cidr", "%q is not a CIDR", pa.CIDR)
+		}
+		if len(pa.Communities) == 0 {
+			f.add(field+".communities", "required: the communities to attach")
+		}
+		for j, v := range pa.Communities {
+			if checkCommunity(v) != "" && !defined[v] {
+				f.add(fmt.Sprintf("%s.communities[%d]", field, j), "%q is neither a community value (aa:nn or aa:nn:mm) nor the name of one in spec.communities", v)
+			}
+		}
+	}
+	for i, iface := range s.IgnoredInterfaces {
+		if !ignoredInterface.MatchString(iface) || iface == "*" {
+			f.add(fmt.Sprintf("spec.ignoredInterfaces[%d]", i), "%q is not an interface name (at most 15 of letters, digits, '_', '.', '-', and '*' as a wildcard)", iface)
+		}
+	}
+	if a := s.LocalWorkloadPeeringIPV4; a != "" {
+		if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
+			f.add("spec.localWorkloadPeeringIPV4", "%q is not an IPv4 address", a)
+		}
+	}
+	if a := s.LocalWorkloadPeeringIPV6; a != "" {
+		if ip, err := netip.ParseAddr(a); err != nil || !ip.Is6() || ip.Is4In6() {
+			f.add("spec.localWorkloadPeeringIPV6", "%q is not an IPv6 address", a)
+		}
+	}
+}
+
+var (
+	ignoredInterface  = regexp.MustCompile(`^[a-zA-Z0-9_.*-]{1,15}$`)
+	standardCommunity = regexp.MustCompile(`^(\d+):(\d+)$`)
+	largeCommunity    = regexp.MustCompile(`^(\d+):(\d+):(\d+)$`)
+)
+
+// checkCommunity reports why v is not a BGP community value, standard (aa:nn, 16-bit
+// parts) or large (aa:nn:mm, 32-bit parts), or "".
+func checkCommunity(v string) string {
+	bits := 16
+	if largeCommunity.MatchString(v) {
+		bits = 32
+	} else if !standardCommunity.MatchString(v) {
+		return fmt.Sprintf("%q is not a community value such as 64512:100 or 64512:100:200", v)
+	}
+	for _, part := range strings.Split(v, ":") {
+		if _, err := strconv.ParseUint(part, 10, bits); err != nil {
+			return fmt.Sprintf("%q: %s does not fit in %d bits", v, part, bits)
+		}
+	}
+	return ""
+}
+
+// isCIDROrIP reports whether s is a CIDR or a bare address, either family (Calico's "net").
+func isCIDROrIP(s string) bool {
+	if _, err := netip.ParsePrefix(s); err == nil {
+		return true
+	}
+	_, err := netip.ParseAddr(s)
+	return err == nil
 }
 
 func checkPassword(f *fieldErrors, field string, p *BGPPassword) {
@@ -320,33 +443,26 @@ func checkPassword(f *fieldErrors, field string, p *BGPPassword) {
 	}
 }
 
-// ParsePeerIP parses a BGPPeer's peerIP: "10.0.0.1" or "10.0.0.1:1790". The port is 0 when
-// none is given (meaning the standard BGP port).
-func ParsePeerIP(s string) (netip.Addr, uint16, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		if !a.Is4() {
-			return netip.Addr{}, 0, fmt.Errorf("%q is IPv6: tabby peers over IPv4 only", s)
-		}
+// splitPeerIP splits a BGPPeer's peerIP ("10.0.0.1", "10.0.0.1:1790", "fd00::1",
+// "[fd00::1]:1790") into its address and port (0: none given), either family, as Calico's
+// validation reads it.
+func splitPeerIP(s string) (netip.Addr, uint16, error) {
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
 		return a, 0, nil
 	}
-	host, portText, err := net.SplitHostPort(s)
-	if err != nil {
-		return netip.Addr{}, 0, fmt.Errorf("%q is not an IPv4 address or address:port", s)
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Addr().Zone() != "" {
+		return netip.Addr{}, 0, fmt.Errorf("%q is not an IP address, IPv4:port or [IPv6]:port", s)
 	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Addr{}, 0, fmt.Errorf("%q is not an IPv4 address or address:port", s)
+	if ap.Port() == 0 {
+		return netip.Addr{}, 0, fmt.Errorf("%q: port 0 is not a port in 1..65535", s)
 	}
-	if !a.Is4() {
-		return netip.Addr{}, 0, fmt.Errorf("%q is IPv6: tabby peers over IPv4 only", s)
-	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return netip.Addr{}, 0, fmt.Errorf("%q: port %q is not a number in 1..65535", s, portText)
-	}
-	return a, uint16(port), nil
+	return ap.Addr(), ap.Port(), nil
 }
 
+// validateBGPPeer applies Calico's rules for a BGPPeer. A peer Calico accepts but tabby
+// cannot set up (neither peerIP nor peerSelector, an IPv6 peer) is accepted too: the BGP
+// subsystem reports it and leaves it out.
 func validateBGPPeer(f *fieldErrors, p *BGPPeer) {
 	s := p.Spec
 	if s.Node != "" && s.NodeSelector != "" {
@@ -360,37 +476,81 @@ func validateBGPPeer(f *fieldErrors, p *BGPPeer) {
 	if s.NodeSelector != "" {
 		checkSelector(f, "spec.nodeSelector", s.NodeSelector)
 	}
-	switch {
-	case s.PeerIP == "" && s.PeerSelector == "":
-		f.add("spec.peerIP", "either peerIP or peerSelector is required")
-	case s.PeerIP != "" && s.PeerSelector != "":
-		f.add("spec.peerSelector", "peerIP and peerSelector cannot both be set")
-	case s.PeerIP != "":
-		if _, _, err := ParsePeerIP(s.PeerIP); err != nil {
+	var peerAddr netip.Addr
+	if s.PeerIP != "" {
+		a, _, err := splitPeerIP(s.PeerIP)
+		if err != nil {
 			f.add("spec.peerIP", "%v", err)
 		}
-		if s.ASNumber == 0 {
-			f.add("spec.asNumber", "required with peerIP (the peer's AS number)")
-		}
-	default:
+		peerAddr = a
+	}
+	if s.PeerIP != "" && s.PeerSelector != "" {
+		f.add("spec.peerSelector", "peerIP and peerSelector cannot both be set")
+	}
+	if s.PeerSelector != "" {
 		checkSelector(f, "spec.peerSelector", s.PeerSelector)
 		if s.ASNumber != 0 {
 			f.add("spec.asNumber", "must be empty with peerSelector: the peers' AS numbers come from their Nodes")
 		}
 	}
+	if s.LocalWorkloadSelector != "" {
+		checkSelector(f, "spec.localWorkloadSelector", s.LocalWorkloadSelector)
+		if s.ASNumber == 0 {
+			f.add("spec.asNumber", "required with localWorkloadSelector")
+		}
+		if s.PeerIP != "" {
+			f.add("spec.peerIP", "must be empty with localWorkloadSelector")
+		}
+		if s.PeerSelector != "" {
+			f.add("spec.peerSelector", "must be empty with localWorkloadSelector")
+		}
+	}
+	if s.ReachableBy != "" {
+		r, err := netip.ParseAddr(s.ReachableBy)
+		switch {
+		case s.PeerIP == "":
+			f.add("spec.reachableBy", "needs a peerIP (it is the gateway to that peer)")
+		case err != nil:
+			f.add("spec.reachableBy", "%q is not an IP address", s.ReachableBy)
+		case peerAddr.IsValid() && r.Is4() != peerAddr.Is4():
+			f.add("spec.reachableBy", "%s and peerIP %s are of different address families", s.ReachableBy, s.PeerIP)
+		}
+	}
+	if a := s.SourceAddress; a != "" && a != SourceAddressUseNodeIP && a != SourceAddressNone {
+		f.add("spec.sourceAddress", "%q is not one of %s, %s", a, SourceAddressUseNodeIP, SourceAddressNone)
+	}
+	if m := s.NextHopMode; m != nil && *m != "Auto" && *m != "Self" && *m != "Keep" {
+		f.add("spec.nextHopMode", "%q is not one of Auto, Self, Keep", *m)
+	}
+	for i, name := range s.Filters {
+		if why := checkName(name); why != "" {
+			f.add(fmt.Sprintf("spec.filters[%d]", i), "%s", why)
+		}
+	}
 	if s.Password != nil {
 		checkPassword(f, "spec.password", s.Password)
 	}
-	if s.MaxRestartTime != nil && s.MaxRestartTime.Duration <= 0 {
-		f.add("spec.maxRestartTime", "%s is not a positive duration", s.MaxRestartTime.Duration)
+	if s.MaxRestartTime != nil && s.MaxRestartTime.Duration < 0 {
+		f.add("spec.maxRestartTime", "%s is negative", s.MaxRestartTime.Duration)
+	}
+	if s.KeepaliveTime != nil && s.KeepaliveTime.Duration < 0 {
+		f.add("spec.keepaliveTime", "%s is negative", s.KeepaliveTime.Duration)
 	}
 }
 
 func validateNode(f *fieldErrors, n *Node) {
 	if b := n.Spec.BGP; b != nil {
+		if *b == (NodeBGPSpec{}) {
+			f.add("spec.bgp", "is empty: leave it out, or give at least an address")
+		}
 		if b.IPv4Address != "" {
 			if why := checkNodeAddress(b.IPv4Address); why != "" {
 				f.add("spec.bgp.ipv4Address", "%s", why)
+			}
+		}
+		if b.IPv6Address != "" {
+			if p, err := netip.ParsePrefix(b.IPv6Address); err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+				f.add("spec.bgp.ipv6Address", "%q is not an IPv6 address with a prefix length, such as fd00::5/64", b.IPv6Address)
 			}
 		}
 		if b.ASNumber != nil && *b.ASNumber == 0 {
@@ -404,9 +564,74 @@ func validateNode(f *fieldErrors, n *Node) {
 		}
 	}
 	checkBareIPv4(f, "spec.ipv4VXLANTunnelAddr", n.Spec.IPv4VXLANTunnelAddr)
-	if m := n.Spec.VXLANTunnelMACAddr; m != "" {
-		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
-			f.add("spec.vxlanTunnelMACAddr", "%q is not a MAC address such as 66:0a:1b:2c:3d:4e", m)
+	checkBareIPv6(f, "spec.ipv6VXLANTunnelAddr", n.Spec.IPv6VXLANTunnelAddr)
+	for _, m := range []struct{ field, mac string }{
+		{"spec.vxlanTunnelMACAddr", n.Spec.VXLANTunnelMACAddr},
+		{"spec.vxlanTunnelMACAddrV6", n.Spec.VXLANTunnelMACAddrV6},
+	} {
+		if m.mac == "" {
+			continue
+		}
+		if hw, err := net.ParseMAC(m.mac); err != nil || len(hw) != 6 {
+			f.add(m.field, "%q is not a MAC address such as 66:0a:1b:2c:3d:4e", m.mac)
+		}
+	}
+	if w := n.Spec.Wireguard; w != nil {
+		checkBareIPv4(f, "spec.wireguard.interfaceIPv4Address", w.InterfaceIPv4Address)
+		checkBareIPv6(f, "spec.wireguard.interfaceIPv6Address", w.InterfaceIPv6Address)
+	}
+	for i, a := range n.Spec.Addresses {
+		field := fmt.Sprintf("spec.addresses[%d]", i)
+		if !isCIDROrIP(a.Address) {
+			f.add(field+".address", "%q is not an IP address or CIDR", a.Address)
+		}
+		if a.Type != "" && a.Type != "CalicoNodeIP" && a.Type != "InternalIP" && a.Type != "ExternalIP" {
+			f.add(field+".type", "%q is not one of CalicoNodeIP, InternalIP, ExternalIP", a.Type)
+		}
+	}
+	for i, r := range n.Spec.OrchRefs {
+		if r.Orchestrator == "" {
+			f.add(fmt.Sprintf("spec.orchRefs[%d].orchestrator", i), "required")
+		}
+	}
+	for _, k := range []struct{ field, key string }{
+		{"status.wireguardPublicKey", n.Status.WireguardPublicKey},
+		{"status.wireguardPublicKeyV6", n.Status.WireguardPublicKeyV6},
+	} {
+		if k.key == "" {
+			continue
+		}
+		if b, err := base64.StdEncoding.DecodeString(k.key); err != nil || len(b) != 32 {
+			f.add(k.field, "%q is not a WireGuard public key (32 bytes, base64)", k.key)
+		}
+	}
+}
+
+// IPAMConfigurationName is the only name an IPAMConfiguration may have: there is one IPAM
+// configuration per cluster.
+const IPAMConfigurationName = "default"
+
+func validateIPAMConfiguration(f *fieldErrors, c *IPAMConfiguration) {
+	if c.Metadata.Name != IPAMConfigurationName {
+		f.add("metadata.name", "%q: the IPAM configuration is called %q", c.Metadata.Name, IPAMConfigurationName)
+	}
+	s := c.Spec
+	if s.MaxBlocksPerHost < 0 {
+		f.add("spec.maxBlocksPerHost", "%d is negative (0 means no limit)", s.MaxBlocksPerHost)
+	}
+	// Calico's IPAM refuses these combinations when the configuration is set.
+	if !s.StrictAffinity && s.AutoAllocateBlocks != nil && !*s.AutoAllocateBlocks {
+		f.add("spec.autoAllocateBlocks", "cannot be false while strictAffinity is false: a node could then get no address at all")
+	}
+	if s.MaxBlocksPerHost > 0 && !s.StrictAffinity {
+		f.add("spec.maxBlocksPerHost", "needs strictAffinity: true (a node at its limit would otherwise borrow addresses from other nodes' blocks)")
+	}
+}
+
+func validateIPReservation(f *fieldErrors, r *IPReservation) {
+	for i, c := range r.Spec.ReservedCIDRs {
+		if !isCIDROrIP(c) {
+			f.add(fmt.Sprintf("spec.reservedCIDRs[%d]", i), "%q is not a CIDR or an IP address", c)
 		}
 	}
 }
@@ -435,5 +660,14 @@ func checkBareIPv4(f *fieldErrors, field, s string) {
 	}
 	if a, err := netip.ParseAddr(s); err != nil || !a.Is4() {
 		f.add(field, "%q is not an IPv4 address (without prefix length)", s)
+	}
+}
+
+func checkBareIPv6(f *fieldErrors, field, s string) {
+	if s == "" {
+		return
+	}
+	if a, err := netip.ParseAddr(s); err != nil || !a.Is6() || a.Is4In6() {
+		f.add(field, "%q is not an IPv6 address (without prefix length)", s)
 	}
 }

@@ -15,6 +15,10 @@ var kindNames = map[string][]string{
 	datastore.KindBGPConfiguration: {"bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"},
 	datastore.KindBGPPeer:          {"bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"},
 	datastore.KindNode:             {"node", "nodes", "no", "nos"},
+	datastore.KindIPReservation:    {"ipreservation", "ipreservations", "reservation", "reservations"},
+	// calicoctl v3.30 in etcd mode has no name for this kind (it uses `ipam configure`);
+	// these are the Kubernetes resource's names.
+	datastore.KindIPAMConfiguration: {"ipamconfiguration", "ipamconfigurations", "ipamconfig", "ipamconfigs"},
 }
 
 // resolveKind turns a command-line kind ("ippools", "IPPool", "bgpconfig") into a kind.
@@ -45,12 +49,12 @@ type tableContext struct {
 	defaultAS datastore.ASNumber
 }
 
-// tables are calicoctl's columns (SPEC §11 for IPPool), with a few wide ones added where
-// tabby has more to show.
+// tables are calicoctl v3.30's columns, so that the two tools' tables agree line for line;
+// BGPConfiguration and BGPPeer add a few wide ones where tabby has more to show.
 var tables = map[string]table{
 	datastore.KindIPPool: {
 		headings: []string{"NAME", "CIDR", "SELECTOR"},
-		wide:     []string{"NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"},
+		wide:     []string{"NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR", "ASSIGNMENTMODE"},
 		column: func(r datastore.Resource, h string, _ tableContext) string {
 			p := r.(*datastore.IPPool)
 			switch h {
@@ -68,6 +72,11 @@ var tables = map[string]table{
 				return strconv.FormatBool(p.Spec.DisableBGPExport)
 			case "SELECTOR":
 				return p.Spec.NodeSelector
+			case "ASSIGNMENTMODE":
+				if p.Spec.AssignmentMode == nil {
+					return string(datastore.AssignmentAutomatic)
+				}
+				return string(*p.Spec.AssignmentMode)
 			}
 			return ""
 		},
@@ -130,12 +139,11 @@ var tables = map[string]table{
 	},
 	datastore.KindNode: {
 		headings: []string{"NAME"},
-		wide:     []string{"NAME", "ASN", "IPV4", "IPIPTUNNELADDR", "VXLANTUNNELADDR"},
+		wide:     []string{"NAME", "ASN", "IPV4", "IPV6"},
 		column: func(r datastore.Resource, h string, ctx tableContext) string {
-			n := r.(*datastore.Node)
-			b := n.Spec.BGP
+			b := r.(*datastore.Node).Spec.BGP
 			if b == nil {
-				b = &datastore.NodeBGPSpec{}
+				return "" // as calicoctl: a node without BGP shows no AS or address
 			}
 			switch h {
 			case "ASN":
@@ -145,10 +153,39 @@ var tables = map[string]table{
 				return fmt.Sprintf("(%s)", ctx.defaultAS) // inherited, as calicoctl shows it
 			case "IPV4":
 				return b.IPv4Address
-			case "IPIPTUNNELADDR":
-				return b.IPv4IPIPTunnelAddr
-			case "VXLANTUNNELADDR":
-				return n.Spec.IPv4VXLANTunnelAddr
+			case "IPV6":
+				return b.IPv6Address
+			}
+			return ""
+		},
+	},
+	datastore.KindIPReservation: {
+		headings: []string{"NAME"},
+		wide:     []string{"NAME", "CIDRS"},
+		column: func(r datastore.Resource, h string, _ tableContext) string {
+			if h != "CIDRS" {
+				return ""
+			}
+			// calicoctl joins them with "," and truncates to 80 characters.
+			s := strings.Join(r.(*datastore.IPReservation).Spec.ReservedCIDRs, ",")
+			if len(s) > 80 {
+				s = s[:77] + "..."
+			}
+			return s
+		},
+	},
+	datastore.KindIPAMConfiguration: {
+		headings: []string{"NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST"},
+		wide:     []string{"NAME", "STRICTAFFINITY", "MAXBLOCKSPERHOST", "AUTOALLOCATEBLOCKS"},
+		column: func(r datastore.Resource, h string, _ tableContext) string {
+			s := r.(*datastore.IPAMConfiguration).Spec
+			switch h {
+			case "STRICTAFFINITY":
+				return strconv.FormatBool(s.StrictAffinity)
+			case "MAXBLOCKSPERHOST":
+				return strconv.Itoa(int(s.MaxBlocksPerHost))
+			case "AUTOALLOCATEBLOCKS":
+				return strconv.FormatBool(s.AutoAllocateBlocks == nil || *s.AutoAllocateBlocks)
 			}
 			return ""
 		},

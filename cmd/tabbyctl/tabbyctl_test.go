@@ -134,7 +134,7 @@ spec:
 `
 )
 
-var wideHeader = regexp.MustCompile(`^NAME\s+CIDR\s+NAT\s+IPIPMODE\s+VXLANMODE\s+DISABLED\s+DISABLEBGPEXPORT\s+SELECTOR\n`)
+var wideHeader = regexp.MustCompile(`^NAME\s+CIDR\s+NAT\s+IPIPMODE\s+VXLANMODE\s+DISABLED\s+DISABLEBGPEXPORT\s+SELECTOR\s+ASSIGNMENTMODE\n`)
 
 func TestArticleWorkflow(t *testing.T) {
 	e := etcdtest.Start(t)

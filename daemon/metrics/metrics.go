@@ -47,6 +47,9 @@ type Metrics struct {
 	// InvalidResourcesSeen counts each refused document version once.
 	InvalidResources     prometheus.Gauge
 	InvalidResourcesSeen prometheus.Counter
+	// StoredOnlyResources is how many resources in force set fields tabby stores but does
+	// not act on.
+	StoredOnlyResources prometheus.Gauge
 	// Ready mirrors GET /readiness: 1 ready, 0 not.
 	Ready prometheus.Gauge
 }
@@ -75,6 +78,9 @@ func New() *Metrics {
 		InvalidResourcesSeen: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tabby_invalid_resources_seen_total", Help: "Invalid document versions seen since start.",
 		}),
+		StoredOnlyResources: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tabby_stored_only_resources", Help: "Resources in force that set fields tabby stores but does not act on.",
+		}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tabby_ready", Help: "1 when the daemon is ready (GET /readiness), else 0.",
 		}),
@@ -83,7 +89,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.BGPPeers, m.Routes, m.ReconcileDuration, m.DatastoreErrors,
-		m.InvalidResources, m.InvalidResourcesSeen, m.Ready,
+		m.InvalidResources, m.InvalidResourcesSeen, m.StoredOnlyResources, m.Ready,
 	)
 	for _, k := range RouteKinds() {
 		m.Routes.WithLabelValues(k)

@@ -53,6 +53,9 @@ type Status struct {
 	Peers []Peer `json:"peers"`
 	// Problems lists invalid resources and subsystem errors, one line each.
 	Problems []string `json:"problems,omitempty"`
+	// StoredOnly lists the resources that set fields tabby stores but does not act on
+	// (accepted, as Calico accepts them, and reported instead of silently ignored).
+	StoredOnly []string `json:"storedOnly,omitempty"`
 	// Revision is the etcd revision of the snapshot last applied.
 	Revision int64 `json:"revision"`
 	// TunnelMTU and PodMTU are the MTUs the daemon computed and published.
