@@ -46,6 +46,9 @@ func notFound(kind, name string, err error) error {
 // GetResource reads one resource, with its defaults applied and resourceVersion set.
 // A missing resource is an error wrapping ErrNotFound.
 func (c *Client) GetResource(ctx context.Context, kind, name string) (Resource, error) {
+	if kind == KindIPAMConfiguration {
+		return c.getIPAMConfigurationNamed(ctx, name)
+	}
 	key, err := c.resourceKey(kind, name)
 	if err != nil {
 		return nil, err
@@ -62,6 +65,9 @@ func (c *Client) GetResource(ctx context.Context, kind, name string) (Resource, 
 
 // ListResources reads every resource of one kind at one revision.
 func (c *Client) ListResources(ctx context.Context, kind string) (ResourceList, error) {
+	if kind == KindIPAMConfiguration {
+		return c.listIPAMConfigurations(ctx)
+	}
 	if !knownKind(kind) {
 		return ResourceList{}, unknownKindError(kind)
 	}
@@ -91,6 +97,9 @@ func (c *Client) ListResources(ctx context.Context, kind string) (ResourceList, 
 // written. An existing resource is an error wrapping ErrAlreadyExists. The result is the
 // resource as stored, read back with its defaults and resourceVersion.
 func (c *Client) CreateResource(ctx context.Context, r Resource) (Resource, error) {
+	if ic, ok := r.(*IPAMConfiguration); ok {
+		return c.putIPAMConfiguration(ctx, ic, true)
+	}
 	in := cloneResource(r)
 	kind, name := in.ResourceKind(), in.Meta().Name
 	key, err := c.resourceKey(kind, name)
@@ -117,6 +126,9 @@ func (c *Client) CreateResource(ctx context.Context, r Resource) (Resource, erro
 // checked, including a pool's immutable cidr and blockSize and its overlap with other
 // pools.
 func (c *Client) UpdateResource(ctx context.Context, r Resource) (Resource, error) {
+	if ic, ok := r.(*IPAMConfiguration); ok {
+		return c.putIPAMConfiguration(ctx, ic, false)
+	}
 	in := cloneResource(r)
 	kind, name := in.ResourceKind(), in.Meta().Name
 	key, err := c.resourceKey(kind, name)
@@ -247,6 +259,9 @@ func (c *Client) ApplyResource(ctx context.Context, r Resource) (Resource, error
 //
 // Deleting a pool does not release its IPAM blocks: that is IPAM's job.
 func (c *Client) DeleteResource(ctx context.Context, kind, name, resourceVersion string) (Resource, error) {
+	if kind == KindIPAMConfiguration {
+		return c.deleteIPAMConfiguration(ctx, name, resourceVersion)
+	}
 	key, err := c.resourceKey(kind, name)
 	if err != nil {
 		return nil, err
@@ -284,6 +299,9 @@ func (c *Client) DeleteResource(ctx context.Context, kind, name, resourceVersion
 // only fields tabby knows. If the resource changes in between, the patch is applied again
 // to the new version, unless the patch names a resourceVersion.
 func (c *Client) PatchResource(ctx context.Context, kind, name string, patch []byte) (Resource, error) {
+	if kind == KindIPAMConfiguration {
+		return c.patchIPAMConfiguration(ctx, name, patch)
+	}
 	like, err := NewResource(kind)
 	if err != nil {
 		return nil, err

@@ -1,5 +1,10 @@
 package datastore
 
+import (
+	"encoding/json"
+	"fmt"
+)
+
 // The IPAM records, stored under <root>/ipam/v2 with Calico's JSON field names (SPEC §2).
 
 // AllocationBlock is one block of a pool (a /26 by default) and the state of each of its
@@ -66,17 +71,40 @@ type IPAMHandle struct {
 	Deleted bool           `json:"deleted"`
 }
 
-// IPAMConfig is the cluster-wide IPAM configuration.
+// IPAMConfig is the cluster-wide IPAM configuration, as Calico stores it at
+// <root>/ipam/v2/config (libcalico-go's model.IPAMConfig: omitempty fields, so a field
+// absent from a stored document is false or 0).
 type IPAMConfig struct {
-	StrictAffinity     bool `json:"strict_affinity"`
-	AutoAllocateBlocks bool `json:"auto_allocate_blocks"`
-	MaxBlocksPerHost   int  `json:"maxBlocksPerHost"`
+	StrictAffinity     bool `json:"strict_affinity,omitempty"`
+	AutoAllocateBlocks bool `json:"auto_allocate_blocks,omitempty"`
+	// MaxBlocksPerHost limits the blocks affine to one node; 0 means no limit, as in Calico.
+	MaxBlocksPerHost int `json:"maxBlocksPerHost,omitempty"`
 }
 
-// DefaultMaxBlocksPerHost is the per-host block limit when the config leaves it at 0.
-const DefaultMaxBlocksPerHost = 20
-
-// DefaultIPAMConfig is the configuration in force when none is stored.
+// DefaultIPAMConfig is the configuration in force when none is stored: what Calico's IPAM
+// creates on first use.
 func DefaultIPAMConfig() IPAMConfig {
-	return IPAMConfig{StrictAffinity: false, AutoAllocateBlocks: true, MaxBlocksPerHost: DefaultMaxBlocksPerHost}
+	return IPAMConfig{StrictAffinity: false, AutoAllocateBlocks: true, MaxBlocksPerHost: 0}
+}
+
+// BlockLimitReached reports whether a node that has owned blocks may claim no more.
+func (c IPAMConfig) BlockLimitReached(owned int) bool {
+	return c.MaxBlocksPerHost > 0 && owned >= c.MaxBlocksPerHost
+}
+
+// DecodeIPAMConfig reads the document at the IPAM config key as Calico reads it: no
+// document (an empty value) is DefaultIPAMConfig; a stored document is taken field by field, a
+// field it leaves out being false or 0. A negative maxBlocksPerHost is refused.
+func DecodeIPAMConfig(value []byte) (IPAMConfig, error) {
+	if len(value) == 0 {
+		return DefaultIPAMConfig(), nil
+	}
+	var cfg IPAMConfig
+	if err := json.Unmarshal(value, &cfg); err != nil {
+		return IPAMConfig{}, fmt.Errorf("IPAM config: %w", err)
+	}
+	if cfg.MaxBlocksPerHost < 0 {
+		return IPAMConfig{}, fmt.Errorf("IPAM config: maxBlocksPerHost %d is negative", cfg.MaxBlocksPerHost)
+	}
+	return cfg, nil
 }

@@ -138,8 +138,8 @@ func TestSyncerSeesEveryKind(t *testing.T) {
 	if h := snap.Handles["ipip-tunnel-addr-worker-1"]; h == nil || h.Block["192.168.1.0/26"] != 1 {
 		t.Errorf("handle = %+v", h)
 	}
-	if cfg := snap.IPAMConfig; !cfg.StrictAffinity || !cfg.AutoAllocateBlocks || cfg.MaxBlocksPerHost != 20 {
-		t.Errorf("IPAM config %+v, want strict affinity and the defaults for the rest", cfg)
+	if cfg := snap.IPAMConfig; !cfg.StrictAffinity || cfg.AutoAllocateBlocks || cfg.MaxBlocksPerHost != 0 {
+		t.Errorf("IPAM config %+v, want strict affinity and, as Calico reads a stored config, false and 0 for the fields it leaves out", cfg)
 	}
 	if len(snap.Problems) != 0 {
 		t.Errorf("problems: %+v", snap.Problems)

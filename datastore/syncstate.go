@@ -313,13 +313,9 @@ func (st *syncState) prepare(kv *rawKV) {
 		h.Block = st.shareHandleMap(h.Block, len(st.snap.Blocks))
 		kv.obj = &h
 	case KeyIPAMConfig:
-		cfg := DefaultIPAMConfig()
-		if err := json.Unmarshal(kv.value, &cfg); err != nil {
-			kv.err = fmt.Errorf("IPAM config: %w", err)
-			return
-		}
-		if cfg.MaxBlocksPerHost < 0 {
-			kv.err = fmt.Errorf("IPAM config: maxBlocksPerHost %d is negative", cfg.MaxBlocksPerHost)
+		cfg, err := DecodeIPAMConfig(kv.value)
+		if err != nil {
+			kv.err = err
 			return
 		}
 		kv.obj = cfg

@@ -9,18 +9,20 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/datastore/ipam"
 )
 
-// newIPAMCmd is "tabbyctl ipam": calicoctl's ipam show, check and release.
+// newIPAMCmd is "tabbyctl ipam": calicoctl's ipam show, check, release and configure.
 func newIPAMCmd(opts *globalOptions) *cobra.Command {
-	return newGroupCommand("ipam", "show, check and release IP address assignments",
-		newIPAMShowCmd(opts), newIPAMCheckCmd(opts), newIPAMReleaseCmd(opts))
+	return newGroupCommand("ipam", "show, check, release and configure IP address assignments",
+		newIPAMShowCmd(opts), newIPAMCheckCmd(opts), newIPAMReleaseCmd(opts), newIPAMConfigureCmd(opts))
 }
 
 // withAllocator runs fn with an IPAM allocator on a fresh etcd connection, under the
@@ -323,4 +325,54 @@ func attrText(attrs map[string]string) string {
 		parts = append(parts, k+"="+attrs[k])
 	}
 	return " (" + strings.Join(parts, " ") + ")"
+}
+
+// newIPAMConfigureCmd is calicoctl's `ipam configure`: it sets the IPAM configuration's
+// strict affinity and, optionally, its block limit per host, in the IPAM config key that
+// Calico's IPAM reads, with Calico's checks and messages.
+func newIPAMConfigureCmd(opts *globalOptions) *cobra.Command {
+	var strict string
+	var maxBlocks int
+	cmd := &cobra.Command{
+		Use:   "configure --strictaffinity=true|false [--max-blocks-per-host=N]",
+		Short: "set strict affinity and the block limit per host",
+		Long: `Sets the cluster's IPAM configuration (IPAMConfiguration "default"): strict affinity (no
+node borrows addresses from another node's blocks) and, optionally, the most blocks one
+node may own (0: no limit; a limit needs strict affinity).`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			enabled, err := strconv.ParseBool(strict)
+			if err != nil {
+				return usageErrorf("--strictaffinity %q: use true or false", strict)
+			}
+			setMax := cmd.Flags().Changed("max-blocks-per-host")
+			c, err := opts.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
+			defer cancel()
+			_, err = c.ModifyIPAMConfiguration(ctx, "", func(s *datastore.IPAMConfigurationSpec) error {
+				s.StrictAffinity = enabled
+				if setMax {
+					s.MaxBlocksPerHost = int32(maxBlocks)
+				}
+				return nil
+			})
+			if err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "Error: %v\n", err)
+				return errSilentFailure
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "Successfully set StrictAffinity to:", enabled)
+			if setMax {
+				fmt.Fprintln(cmd.OutOrStdout(), "Successfully set MaxBlocksPerHost to:", maxBlocks)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&strict, "strictaffinity", "", "true: no node borrows addresses from another's blocks")
+	cmd.Flags().IntVar(&maxBlocks, "max-blocks-per-host", 0, "the most blocks one node may own (0: no limit)")
+	_ = cmd.MarkFlagRequired("strictaffinity")
+	return cmd
 }

@@ -38,7 +38,7 @@ writes it with compare-and-swap, as calicoctl patch does:
 			defer c.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
 			defer cancel()
-			_, err = c.PatchResource(ctx, kind, args[1], []byte(patch))
+			patched, err := c.PatchResource(ctx, kind, args[1], []byte(patch))
 			switch {
 			case skipNotExists && errors.Is(err, datastore.ErrNotFound):
 				fmt.Fprintf(cmd.OutOrStdout(), "%s %q does not exist: nothing patched\n", kind, args[1])
@@ -48,6 +48,7 @@ writes it with compare-and-swap, as calicoctl patch does:
 				return errSilentFailure
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Successfully patched 1 '%s' resource\n", kind)
+			reportStoredOnly(cmd.ErrOrStderr(), patched)
 			return nil
 		},
 	}

@@ -231,6 +231,9 @@ func writeResources(cmd *cobra.Command, opts *globalOptions, verb writeVerb, res
 			skipped++
 		} else {
 			done++
+			if verb.validate {
+				reportStoredOnly(stderr, r)
+			}
 		}
 	}
 	fmt.Fprintf(stdout, "Successfully %s %s\n", verb.past, describeCount(done, resources))
@@ -238,6 +241,15 @@ func writeResources(cmd *cobra.Command, opts *globalOptions, verb writeVerb, res
 		fmt.Fprintf(stdout, "Skipped %d resource(s) (--skip-*)\n", skipped)
 	}
 	return nil
+}
+
+// reportStoredOnly says, one line per field on stderr, which fields of a resource just
+// written tabby stores but does not act on (SPEC §2a): accepted, as Calico accepts them,
+// and never silently ignored.
+func reportStoredOnly(stderr io.Writer, r datastore.Resource) {
+	for _, f := range datastore.StoredOnly(r) {
+		fmt.Fprintf(stderr, "%s %q: %s\n", r.ResourceKind(), r.Meta().Name, f)
+	}
 }
 
 // describeResources names the kinds of a set of resources: "'IPPool' resource(s)".

@@ -154,6 +154,7 @@ etcd.prefix), in that order; the default is ` + defaultEndpoint + `.`,
 	root.AddCommand(newDeleteCmd(opts))
 	root.AddCommand(newGetCmd(opts))
 	root.AddCommand(newPatchCmd(opts))
+	root.AddCommand(newLabelCmd(opts))
 	root.AddCommand(newIPAMCmd(opts))
 	root.AddCommand(newNodeCmd(opts))
 	root.AddCommand(newVersionCmd())

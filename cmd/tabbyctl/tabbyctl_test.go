@@ -145,7 +145,7 @@ func TestArticleWorkflow(t *testing.T) {
 		t.Errorf("apply said %q", r.stdout)
 	}
 	r = ctl(t, e, "", "get", "ippool", "-o", "wide").must(t)
-	if !wideHeader.MatchString(r.stdout) || !regexp.MustCompile(`\ndefault-ipv4-ippool\s+192\.168\.0\.0/16\s+true\s+Always\s+Never\s+false\s+false\s+all\(\)\n$`).MatchString(r.stdout) {
+	if !wideHeader.MatchString(r.stdout) || !regexp.MustCompile(`\ndefault-ipv4-ippool\s+192\.168\.0\.0/16\s+true\s+Always\s+Never\s+false\s+false\s+all\(\)\s+Automatic\n$`).MatchString(r.stdout) {
 		t.Errorf("get -o wide printed\n%s", r.stdout)
 	}
 
@@ -239,7 +239,7 @@ func TestReadsPoolWrittenWithEtcdctl(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := ctl(t, e, "", "get", "ippool", "-o", "wide").must(t)
-	if !regexp.MustCompile(`\ndefault-ipv4-ippool\s+192\.168\.0\.0/16\s+true\s+Always\s+Never\s+false\s+false\s+all\(\)\n$`).MatchString(r.stdout) {
+	if !regexp.MustCompile(`\ndefault-ipv4-ippool\s+192\.168\.0\.0/16\s+true\s+Always\s+Never\s+false\s+false\s+all\(\)\s+Automatic\n$`).MatchString(r.stdout) {
 		t.Errorf("get -o wide:\n%s", r.stdout)
 	}
 	r = ctl(t, e, "", "get", "ippool", "default-ipv4-ippool", "-o", "json").must(t)
@@ -357,7 +357,8 @@ func TestExampleResources(t *testing.T) {
 	node := `{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"name":"worker-1","labels":{"subnet":"a"}},"spec":{"bgp":{"ipv4Address":"10.30.0.206/24","ipv4IPIPTunnelAddr":"192.168.1.0"}}}`
 	ctl(t, e, node, "create", "-f", "-").must(t)
 	r = ctl(t, e, "", "get", "nodes", "-o", "wide").must(t)
-	if !regexp.MustCompile(`\nworker-1\s+\(64512\)\s+10\.30\.0\.206/24\s+192\.168\.1\.0\s*\n$`).MatchString(r.stdout) {
+	// calicoctl v3.30's columns: the IPV6 column is there while empty.
+	if !regexp.MustCompile(`^NAME\s+ASN\s+IPV4\s+IPV6\n+worker-1\s+\(64512\)\s+10\.30\.0\.206/24\s*\n$`).MatchString(r.stdout) {
 		t.Errorf("get nodes -o wide:\n%s", r.stdout)
 	}
 	// A list from get -o yaml applies back.

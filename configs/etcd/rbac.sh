@@ -23,8 +23,9 @@
 #                 a host writes its own Node and no other one. etcd permissions are keys
 #                 or prefixes, not patterns, so this takes a role per node; a prefix
 #                 .../nodes/NODE would also cover NODE0, NODE-b, ...
-#   tabby-cni     readwrite PREFIX/ipam/v2/ and .../workloadendpoints/; read .../ippools/
-#                 and .../nodes/ (pool node selectors match Node labels)
+#   tabby-cni     readwrite PREFIX/ipam/v2/ and .../workloadendpoints/; read .../ippools/,
+#                 .../ipreservations/ (never assigned) and .../nodes/ (pool node
+#                 selectors match Node labels)
 #   tabbyctl      readwrite PREFIX/ (the operator's admin role)
 # Users are the common names of the client certificates (make-certs.sh client DIR CN):
 # root (role root), tabbyctl, tabby-cni, tabbyd-NODE. Every step is idempotent.
@@ -98,6 +99,7 @@ setup)
 	grant tabby-cni readwrite "$res/workloadendpoints/" --prefix
 	grant tabby-cni read "$res/ippools/" --prefix
 	grant tabby-cni read "$res/nodes/" --prefix
+	grant tabby-cni read "$res/ipreservations/" --prefix
 	role tabbyctl
 	grant tabbyctl readwrite "$PREFIX/" --prefix
 	user root root

@@ -28,8 +28,11 @@ type AssignArgs struct {
 	// are skipped.
 	Use string
 	// Pools optionally restricts the assignment to these pools (which must exist and be
-	// enabled; their nodeSelector is then not consulted, as in Calico).
+	// enabled; their nodeSelector and assignmentMode are then not consulted, as in Calico).
 	Pools []netip.Prefix
+
+	// reserved are the addresses of the IPReservations, read with the pools.
+	reserved reservations
 }
 
 func (args AssignArgs) validate() error {
@@ -104,6 +107,7 @@ func (a *Allocator) assignPass(ctx context.Context, args AssignArgs, secondary m
 	if err != nil {
 		return netip.Addr{}, err
 	}
+	args.reserved = e.reserved
 	if len(pools) == 0 {
 		return netip.Addr{}, fmt.Errorf("%w for node %s and use %s (pools: %s)", ErrNoUsablePool, args.Node, args.Use, describePools(e.pools))
 	}
@@ -173,7 +177,7 @@ func (a *Allocator) assignPass(ctx context.Context, args AssignArgs, secondary m
 	// 2. A new block.
 	var noFree error
 	switch {
-	case owned >= e.config.MaxBlocksPerHost:
+	case e.config.BlockLimitReached(owned):
 		return netip.Addr{}, fmt.Errorf("node %s has %d blocks (maxBlocksPerHost %d) and they are full: %w",
 			args.Node, owned, e.config.MaxBlocksPerHost, ErrBlockLimit)
 	case !e.config.AutoAllocateBlocks:
@@ -291,7 +295,7 @@ func (a *Allocator) assignFromBlock(ctx context.Context, sb storedBlock, args As
 		if affine && sb.b.AffinityHost() != args.Node {
 			return netip.Addr{}, errBlockFull
 		}
-		ip, err := a.assignOnce(ctx, sb, args.Handle, secondary, knownHandle)
+		ip, err := a.assignOnce(ctx, sb, args.Handle, secondary, knownHandle, args.reserved)
 		knownHandle = nil
 		if err == nil || !errors.Is(err, datastore.ErrConflict) {
 			if errors.Is(err, datastore.ErrNotFound) {
@@ -317,9 +321,9 @@ func (a *Allocator) assignFromBlock(ctx context.Context, sb storedBlock, args As
 // then write the block, on condition that neither the block nor the handle changed since.
 // If the block write is refused, the handle count is taken back. If its outcome is unknown
 // (the context ended, the connection dropped), the block is read again to find out.
-func (a *Allocator) assignOnce(ctx context.Context, sb storedBlock, handle string, secondary map[string]string, knownHandle *storedHandle) (netip.Addr, error) {
+func (a *Allocator) assignOnce(ctx context.Context, sb storedBlock, handle string, secondary map[string]string, knownHandle *storedHandle, reserved reservations) (netip.Addr, error) {
 	nb := cloneBlock(sb.b)
-	ord, ok := takeFirstFree(nb, handle, secondary)
+	ord, ok := takeFirstUnreserved(nb, handle, secondary, func(ord int) bool { return reserved.contains(ordinalAddr(sb.cidr, ord)) })
 	if !ok {
 		return netip.Addr{}, errBlockFull
 	}

@@ -175,11 +175,18 @@ func findOrAddAttribute(b *datastore.AllocationBlock, handle string, secondary m
 // returns it; false when the block is full. Freed ordinals are appended to the back, so an
 // address released a moment ago is the last to be handed out again.
 func takeFirstFree(b *datastore.AllocationBlock, handle string, secondary map[string]string) (int, bool) {
-	if len(b.Unallocated) == 0 {
+	return takeFirstUnreserved(b, handle, secondary, func(int) bool { return false })
+}
+
+// takeFirstUnreserved is takeFirstFree skipping the ordinals reserved says are reserved
+// (IPReservations). They stay in the FIFO, as Calico leaves them: free, never handed out.
+func takeFirstUnreserved(b *datastore.AllocationBlock, handle string, secondary map[string]string, reserved func(ord int) bool) (int, bool) {
+	i := slices.IndexFunc(b.Unallocated, func(ord int) bool { return !reserved(ord) })
+	if i < 0 {
 		return 0, false
 	}
-	ord := b.Unallocated[0]
-	b.Unallocated = slices.Delete(b.Unallocated, 0, 1)
+	ord := b.Unallocated[i]
+	b.Unallocated = slices.Delete(b.Unallocated, i, i+1)
 	idx := findOrAddAttribute(b, handle, secondary)
 	b.Allocations[ord] = &idx
 	if b.SequenceNumberForAllocation == nil {

@@ -415,7 +415,7 @@ func (a *Allocator) ClaimBlock(ctx context.Context, node, use string, pools []ne
 			owned++
 		}
 	}
-	if owned >= e.config.MaxBlocksPerHost {
+	if e.config.BlockLimitReached(owned) {
 		return netip.Prefix{}, fmt.Errorf("claim block for %s: it has %d blocks (maxBlocksPerHost %d): %w", node, owned, e.config.MaxBlocksPerHost, ErrBlockLimit)
 	}
 	sb, err := a.claimNewBlock(ctx, node, usable)

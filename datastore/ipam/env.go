@@ -2,7 +2,6 @@ package ipam
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -25,6 +24,8 @@ type pool struct {
 	disabled    bool
 	selector    selector.Selector
 	allowedUses []string
+	// manual: the pool's assignmentMode is Manual, so it is used only when a request names it.
+	manual bool
 }
 
 // allows reports whether the pool's allowedUses permit use.
@@ -61,22 +62,8 @@ func (a *Allocator) decodePool(kv datastore.KV) (pool, error) {
 		disabled:    doc.Spec.Disabled,
 		selector:    sel,
 		allowedUses: doc.Spec.AllowedUses,
+		manual:      !datastore.PoolAssignsAutomatically(doc.Spec),
 	}, nil
-}
-
-// decodeIPAMConfig reads the IPAM config; absent fields keep their defaults, an absent
-// document is all defaults, and maxBlocksPerHost 0 means the default limit.
-func decodeIPAMConfig(value []byte) (datastore.IPAMConfig, error) {
-	cfg := datastore.DefaultIPAMConfig()
-	if len(value) > 0 {
-		if err := json.Unmarshal(value, &cfg); err != nil {
-			return datastore.IPAMConfig{}, fmt.Errorf("ipam config: %w", err)
-		}
-	}
-	if cfg.MaxBlocksPerHost <= 0 {
-		cfg.MaxBlocksPerHost = datastore.DefaultMaxBlocksPerHost
-	}
-	return cfg, nil
 }
 
 // poolSet is every valid pool, in etcd key (name) order.
@@ -114,6 +101,7 @@ type env struct {
 	nodeLabels map[string]string
 	affinities []storedAffinity // the asking host's, in key order
 	handle     *storedHandle    // nil when the handle does not exist
+	reserved   reservations     // addresses no assignment may hand out
 }
 
 // readEnv reads the pools, the IPAM config, the node's labels and affinities and the handle
@@ -125,6 +113,7 @@ func (a *Allocator) readEnv(ctx context.Context, host, handle string) (env, erro
 		clientv3.OpGet(k.IPAMConfig()),
 		clientv3.OpGet(k.Resource(datastore.KindNode, host)),
 		clientv3.OpGet(k.AffinityPrefix(host), clientv3.WithPrefix()),
+		clientv3.OpGet(k.ResourcePrefix(datastore.KindIPReservation), clientv3.WithPrefix()),
 	}
 	if handle != "" {
 		ops = append(ops, clientv3.OpGet(k.Handle(handle)))
@@ -139,9 +128,10 @@ func (a *Allocator) readEnv(ctx context.Context, host, handle string) (env, erro
 	if kvs := rangeKVs(resp, 1); len(kvs) == 1 {
 		cfgValue = kvs[0].Value
 	}
-	if e.config, err = decodeIPAMConfig(cfgValue); err != nil {
+	if e.config, err = datastore.DecodeIPAMConfig(cfgValue); err != nil {
 		return env{}, err
 	}
+	e.reserved = a.decodeReservations(rangeKVs(resp, 4))
 	if kvs := rangeKVs(resp, 2); len(kvs) == 1 {
 		node, err := datastore.DecodeStored(datastore.KindNode, host, kvs[0].Value, kvs[0].ModRevision)
 		if err != nil {
@@ -158,7 +148,7 @@ func (a *Allocator) readEnv(ctx context.Context, host, handle string) (env, erro
 		e.affinities = append(e.affinities, sa)
 	}
 	if handle != "" {
-		if kvs := rangeKVs(resp, 4); len(kvs) == 1 {
+		if kvs := rangeKVs(resp, 5); len(kvs) == 1 {
 			h, err := decodeHandle(handle, kvs[0])
 			if err != nil {
 				return env{}, err
@@ -171,8 +161,9 @@ func (a *Allocator) readEnv(ctx context.Context, host, handle string) (env, erro
 
 // usablePools picks the pools an assignment may draw from, following Calico's
 // determinePools: requested pools must exist and be enabled and are then used whatever
-// their nodeSelector; without a request, every enabled pool whose nodeSelector selects the
-// node. Either way a pool must allow the use.
+// their nodeSelector and assignmentMode; without a request, every enabled pool in
+// Automatic assignment mode whose nodeSelector selects the node. Either way a pool must
+// allow the use (a LoadBalancer pool allows neither Workload nor Tunnel).
 func usablePools(all poolSet, requested []netip.Prefix, nodeLabels map[string]string, use string) (poolSet, error) {
 	var out poolSet
 	if len(requested) > 0 {
@@ -190,7 +181,7 @@ func usablePools(all poolSet, requested []netip.Prefix, nodeLabels map[string]st
 		}
 	} else {
 		for _, p := range all {
-			if !p.disabled && p.selector.Matches(nodeLabels) && p.allows(use) {
+			if !p.disabled && !p.manual && p.selector.Matches(nodeLabels) && p.allows(use) {
 				out = append(out, p)
 			}
 		}
@@ -204,6 +195,48 @@ func rangeKVs(resp *clientv3.TxnResponse, i int) []datastore.KV {
 	out := make([]datastore.KV, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
 		out = append(out, datastore.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision})
+	}
+	return out
+}
+
+// reservations are the addresses of every IPReservation (IPv4 only: tabby's pools are
+// IPv4), which IPAM never hands out, as Calico's IPAM does not.
+type reservations []netip.Prefix
+
+// contains reports whether ip is reserved.
+func (r reservations) contains(ip netip.Addr) bool {
+	for _, p := range r {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// decodeReservations reads the stored IPReservations, skipping (and logging) invalid ones
+// as the daemon reports them.
+func (a *Allocator) decodeReservations(kvs []datastore.KV) reservations {
+	var out reservations
+	for _, kv := range kvs {
+		info, err := a.c.Keys.Parse(kv.Key)
+		if err != nil || info.Type != datastore.KeyResource || info.Kind != datastore.KindIPReservation {
+			continue
+		}
+		r, err := datastore.DecodeStored(datastore.KindIPReservation, info.Name, kv.Value, kv.ModRevision)
+		if err == nil {
+			err = datastore.Validate(r)
+		}
+		if err != nil {
+			a.log.Warn("ignoring invalid IP reservation", "key", kv.Key, "error", err)
+			continue
+		}
+		for _, c := range r.(*datastore.IPReservation).Spec.ReservedCIDRs {
+			if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is4() {
+				out = append(out, p.Masked())
+			} else if ip, err := netip.ParseAddr(c); err == nil && ip.Is4() {
+				out = append(out, netip.PrefixFrom(ip, 32))
+			}
+		}
 	}
 	return out
 }
