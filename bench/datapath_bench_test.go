@@ -3,11 +3,8 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -21,6 +18,7 @@ import (
 
 	"github.com/tabby-net/tabby/internal/namedns"
 	"github.com/tabby-net/tabby/lab"
+	"github.com/tabby-net/tabby/lab/labtest"
 )
 
 // newLab brings up the articles' lab (tabbylab's: four hosts in two subnets, a router,
@@ -29,33 +27,17 @@ import (
 // 0 keeps the lab's own (1500).
 func newLab(tb testing.TB, mode lab.Mode, fabricMTU int) *lab.Cluster {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root for network namespaces")
-	}
 	bin := binDir(tb)
 	for _, tool := range []string{"iperf3", "ping", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			tb.Skipf("needs %s (make deps installs it)", tool)
 		}
 	}
-	suffix := make([]byte, 4)
-	if _, err := rand.Read(suffix); err != nil {
-		tb.Fatal(err)
-	}
-	prefix := "tabby-bench-" + hex.EncodeToString(suffix)
-	var out io.Writer = io.Discard
-	if testing.Verbose() {
-		out = os.Stdout
-	}
-	c := lab.NewArticlesCluster(prefix, filepath.Join(tmpfsDir(), prefix), bin, out)
+	c := labtest.New(tb, lab.NewArticlesCluster("", "", "", nil),
+		labtest.Options{Purpose: "bench", StateDir: labtest.TmpfsDir(), BinDir: bin, Verbose: testing.Verbose()})
 	if fabricMTU != 0 {
 		c.Topo.MTU = fabricMTU
 	}
-	tb.Cleanup(func() {
-		if err := c.Down(); err != nil {
-			tb.Errorf("lab down: %v", err)
-		}
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := c.Up(ctx, mode); err != nil {
@@ -502,7 +484,7 @@ func BenchmarkRestart(b *testing.B) {
 				b.Fatal(err)
 			}
 			t0 := time.Now()
-			if err := c.StartTabbyd("worker-1"); err != nil {
+			if _, err := c.StartTabbyd("worker-1", c.Tabbyd); err != nil {
 				b.Fatal(err)
 			}
 			var why string

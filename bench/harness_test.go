@@ -1,50 +1,37 @@
 package bench
 
 import (
-	"bufio"
-	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 
 	"github.com/tabby-net/tabby/datastore"
-	"github.com/tabby-net/tabby/datastore/etcdembed"
 	"github.com/tabby-net/tabby/internal/namedns"
 	"github.com/tabby-net/tabby/lab"
+	"github.com/tabby-net/tabby/lab/labtest"
 )
 
-// childEnv makes the test binary run one of its helper programs instead of benchmarks:
-// the etcd server (inside the router namespace) or tabbyd with profiling (profile_test.go).
+// childEnv makes the test binary run tabbyd with profiling (profile_test.go) instead of
+// benchmarks.
 const childEnv = "TABBY_BENCH_CHILD"
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(childEnv) {
 	case "":
 		os.Exit(m.Run())
-	case "etcd":
-		os.Exit(etcdChild())
 	case "tabbyd":
 		os.Exit(tabbydChild())
 	default:
@@ -53,29 +40,9 @@ func TestMain(m *testing.M) {
 	}
 }
 
-// etcdChild runs a single-member etcd, listening on every address of its namespace at
-// port 2379, until SIGTERM. Its data lives in memory (TABBY_BENCH_ETCD_DIR on tmpfs), as
-// a production member's would live on a fast disk: the benchmarks measure tabby, not fsync.
-func etcdChild() int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	srv, err := etcdembed.Start(ctx, etcdembed.Options{
-		Dir: os.Getenv("TABBY_BENCH_ETCD_DIR"), Host: "0.0.0.0", AdvertiseHost: os.Getenv("TABBY_BENCH_ETCD_ADDR"),
-		ClientPort: etcdPort, PeerPort: etcdPort + 1, Fast: true,
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "etcd:", err)
-		return 1
-	}
-	fmt.Println("etcd serving on", srv.Endpoint)
-	<-ctx.Done()
-	srv.Close()
-	return 0
-}
-
-const etcdPort = 2379
-
-// The benchmarks' addressing: one /16 segment behind a router namespace that runs etcd.
+// The benchmarks' addressing: one /16 segment behind a router namespace that runs etcd
+// (the lab's embedded etcd, its data in memory as a production member's would be on a fast
+// disk: the benchmarks measure tabby, not fsync).
 // Synthetic nodes of the cluster get 10.99.1.1 and up, measured hosts 10.99.0.2 and up;
 // pool blocks are /26 of 10.128.0.0/9.
 var (
@@ -104,18 +71,15 @@ func blockCIDR(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 26)
 }
 
-// env is one benchmark's private piece of the machine: a lab topology (router namespace
-// with etcd, measured hosts) named tabby-bench-<random>, a state directory, and every
-// process started in it. Cleanup removes all of it, also when the benchmark fails.
+// env is one benchmark's private lab (package lab, the one harness): a router namespace
+// with etcd and the measured hosts, named tabby-bench-<random>-*, its state in memory.
+// Cleanup removes all of it, also when the benchmark fails.
 type env struct {
-	tb     testing.TB
-	topo   *lab.Topology
-	dir    string
-	binDir string
+	tb testing.TB
+	*lab.Cluster
 
-	mu    sync.Mutex
-	procs []*proc
-	etcd  *datastore.Client
+	mu   sync.Mutex
+	etcd *datastore.Client
 }
 
 // newEnv builds the namespaces: a router holding 10.99.0.1/16 on a bridge, and one host
@@ -150,17 +114,7 @@ func newRoutedEnv(tb testing.TB, hosts ...string) *env {
 
 func buildEnv(tb testing.TB, segments []lab.Segment, hosts []lab.Host) *env {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root for network namespaces")
-	}
-	bin := binDir(tb)
-	suffix := make([]byte, 4)
-	if _, err := rand.Read(suffix); err != nil {
-		tb.Fatal(err)
-	}
-	prefix := "tabby-bench-" + hex.EncodeToString(suffix)
 	topo := &lab.Topology{
-		Prefix:   prefix,
 		Segments: segments,
 		Hosts:    hosts,
 		Outside: lab.Outside{
@@ -170,12 +124,16 @@ func buildEnv(tb testing.TB, segments []lab.Segment, hosts []lab.Host) *env {
 		},
 		MTU: 1500,
 	}
-	dir, err := os.MkdirTemp(tmpfsDir(), prefix+"-")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e := &env{tb: tb, topo: topo, dir: dir, binDir: bin}
-	tb.Cleanup(e.close)
+	c := labtest.New(tb, &lab.Cluster{Topo: topo}, labtest.Options{Purpose: "bench", StateDir: labtest.TmpfsDir(), BinDir: binDir(tb)})
+	e := &env{tb: tb, Cluster: c}
+	// Registered after the lab's teardown, so it runs first.
+	tb.Cleanup(func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.etcd != nil {
+			e.etcd.Close()
+		}
+	})
 	if err := topo.Build(); err != nil {
 		tb.Fatalf("build namespaces: %v", err)
 	}
@@ -184,20 +142,15 @@ func buildEnv(tb testing.TB, segments []lab.Segment, hosts []lab.Host) *env {
 
 // hostIP is a measured host's address.
 func (e *env) hostIP(host string) netip.Addr {
-	h, _ := e.topo.Host(host)
+	h, _ := e.Topo.Host(host)
 	return h.Addr.Addr()
 }
 
-// tmpfsDir is a memory-backed directory for etcd's data and the daemons' state, so that
-// disk latency is no part of any figure.
-func tmpfsDir() string {
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		return "/dev/shm"
-	}
-	return os.TempDir()
-}
+// hostNS is the namespace of a measured host.
+func (e *env) hostNS(host string) string { return e.Topo.HostNS(host) }
 
-// binDir is where tabbyd was built: TABBY_BENCH_BIN, else ../bin (make build).
+// binDir is where tabbyd and tabbylab (whose embedded etcd the lab runs) were built:
+// TABBY_BENCH_BIN, else ../bin (make build).
 func binDir(tb testing.TB) string {
 	dir := os.Getenv("TABBY_BENCH_BIN")
 	if dir == "" {
@@ -207,264 +160,54 @@ func binDir(tb testing.TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(abs, "tabbyd")); err != nil {
-		tb.Skipf("no tabbyd in %s: run make build (or set TABBY_BENCH_BIN)", abs)
+	for _, name := range []string{"tabbyd", "tabbylab"} {
+		if _, err := os.Stat(filepath.Join(abs, name)); err != nil {
+			tb.Skipf("no %s in %s: run make build (or set TABBY_BENCH_BIN)", name, abs)
+		}
 	}
 	return abs
 }
 
-// close stops every process by PID (SIGTERM, SIGKILL after 5 s), then removes the
-// namespaces and the state directory.
-func (e *env) close() {
-	e.mu.Lock()
-	procs := e.procs
-	e.procs = nil
-	cli := e.etcd
-	e.etcd = nil
-	e.mu.Unlock()
-	if cli != nil {
-		cli.Close()
-	}
-	var wg sync.WaitGroup
-	for _, p := range procs {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(5 * time.Second) }()
-	}
-	wg.Wait()
-	if err := e.topo.Destroy(); err != nil {
-		e.tb.Errorf("remove namespaces: %v", err)
-	}
-	os.RemoveAll(e.dir)
-}
-
-// hostNS is the namespace of a measured host.
-func (e *env) hostNS(host string) string { return e.topo.HostNS(host) }
-
-// proc is a process started in one of the env's namespaces.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	log     string
-	started time.Time
-	done    chan struct{}
-	err     error
-}
-
-// start runs a program inside a namespace with its output in <dir>/<name>.log. nsenter
-// execs the program in place, so the PID is the program's own.
-func (e *env) start(ns, name string, extraEnv []string, program string, args ...string) *proc {
+// startEtcd starts etcd in the router namespace and returns a client that reaches it
+// through sockets made in that namespace.
+func (e *env) startEtcd(ctx context.Context) *datastore.Client {
 	e.tb.Helper()
-	logPath := filepath.Join(e.dir, name+".log")
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err := e.StartEtcd(ctx); err != nil {
+		e.tb.Fatal(err)
+	}
+	c, err := e.Datastore()
 	if err != nil {
 		e.tb.Fatal(err)
 	}
-	defer lf.Close()
-	cmd := namedns.Command(ns, program, args...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = append(os.Environ(), extraEnv...)
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	p.started = time.Now()
-	if err := cmd.Start(); err != nil {
-		e.tb.Fatalf("start %s in %s: %v", name, ns, err)
-	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	e.mu.Lock()
-	e.procs = append(e.procs, p)
-	e.mu.Unlock()
-	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends SIGTERM and, after grace, SIGKILL, to this process only.
-func (p *proc) stop(grace time.Duration) {
-	if !p.running() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// tail returns the last lines of the process's log, for failure messages.
-func (p *proc) tail(n int) string {
-	b, _ := os.ReadFile(p.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// grep returns the lines of the process's log that contain s.
-func (p *proc) grep(s string) string {
-	b, _ := os.ReadFile(p.log)
-	var out []string
-	for line := range strings.Lines(string(b)) {
-		if strings.Contains(line, s) {
-			out = append(out, strings.TrimRight(line, "\n"))
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
-// logLine returns the first line of the process's log that contains s, "" when none.
-func (p *proc) logLine(s string) string {
-	f, err := os.Open(p.log)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), s) {
-			return sc.Text()
-		}
-	}
-	return ""
-}
-
-// startEtcd starts the etcd child in the router namespace and returns a client that
-// reaches it through sockets made in that namespace.
-func (e *env) startEtcd(ctx context.Context) *datastore.Client {
-	e.tb.Helper()
-	dataDir := filepath.Join(e.dir, "etcd")
-	router := e.topo.RouterNS()
-	e.start(router, "etcd", []string{childEnv + "=etcd", "TABBY_BENCH_ETCD_DIR=" + dataDir,
-		"TABBY_BENCH_ETCD_ADDR=" + segmentPrefix.Addr().String()}, os.Args[0])
-	endpoint := e.etcdEndpoint()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{endpoint},
-		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return namedns.Dial(ctx, router, "tcp", addr)
-		})},
-		Logger:             zap.NewNop(),
-		MaxCallSendMsgSize: 64 << 20,
-		MaxCallRecvMsgSize: 256 << 20,
-	})
-	if err != nil {
-		e.tb.Fatalf("etcd client: %v", err)
-	}
-	c := datastore.NewFromEtcd(cli, "")
 	e.mu.Lock()
 	e.etcd = c
 	e.mu.Unlock()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := cli.Get(pctx, "probe")
-		cancel()
-		if err == nil {
-			return c
-		}
-		if time.Now().After(deadline) {
-			e.tb.Fatalf("etcd did not answer within 30 s: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return c
 }
 
-func (e *env) etcdEndpoint() string {
-	return fmt.Sprintf("http://%s:%d", segmentPrefix.Addr(), etcdPort)
-}
-
-// tabbydOptions are what differs between the benchmarks' tabbyd configurations.
-type tabbydOptions struct {
-	// extra YAML appended to the configuration.
-	extra string
-	// env is added to the process's environment (GOMEMLIMIT, GODEBUG, …).
-	env []string
-	// logLevel is tabbyd's; info when empty.
-	logLevel string
-	// etcdPrefix is the key root; /calico when empty.
-	etcdPrefix string
-}
-
-// writeConfig writes host's tabbyd.yaml (everything under the env's directory) and
-// returns its path.
-func (e *env) writeConfig(host string, o tabbydOptions) string {
+// startTabbyd starts bin/tabbyd on a host, its log in <state>/<logName>.log.
+func (e *env) startTabbyd(host, logName string, o lab.TabbydOptions) *lab.Tabbyd {
 	e.tb.Helper()
-	h, ok := e.topo.Host(host)
-	if !ok {
-		e.tb.Fatalf("unknown host %s", host)
-	}
-	dir := filepath.Join(e.dir, host)
-	for _, d := range []string{"data", "run", "secrets", "rtprotos"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			e.tb.Fatal(err)
-		}
-	}
-	cfg := fmt.Sprintf(`nodeName: %s
-etcd:
-  endpoints: [%q]
-  prefix: %s
-ipv4:
-  address: %s
-dataDir: %s
-runDir: %s
-statusSocket: %s
-bgp:
-  secretsDir: %s
-health:
-  listen: "127.0.0.1:9099"
-metrics:
-  listen: "127.0.0.1:9091"
-logLevel: %s
-%s`, host, e.etcdEndpoint(), cmp.Or(o.etcdPrefix, "/calico"), h.Addr, filepath.Join(dir, "data"), filepath.Join(dir, "run"),
-		e.statusSocket(host), filepath.Join(dir, "secrets"), cmp.Or(o.logLevel, "info"), o.extra)
-	path := filepath.Join(dir, "tabbyd.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		e.tb.Fatal(err)
-	}
-	return path
-}
-
-func (e *env) statusSocket(host string) string {
-	return filepath.Join(e.dir, host, "run", "tabbyd.sock")
-}
-
-// startTabbyd starts bin/tabbyd on a host. The route protocol's name is registered in a
-// directory of the env's, not in /etc.
-func (e *env) startTabbyd(host, logName string, o tabbydOptions) *proc {
-	e.tb.Helper()
-	cfg := e.writeConfig(host, o)
+	o.LogName = logName
 	// TABBY_BENCH_TABBYD_ENV adds to every daemon's environment, for experiments
 	// (GOGC=50, GOMEMLIMIT=40MiB, TABBY_LOGLEVEL=debug).
-	env := append(slices.Clone(o.env), strings.Fields(os.Getenv("TABBY_BENCH_TABBYD_ENV"))...)
-	return e.start(e.hostNS(host), logName, env, filepath.Join(e.binDir, "tabbyd"),
-		"run", "--config", cfg, "--rt-protos-dir", filepath.Join(e.dir, host, "rtprotos"))
+	o.Env = append(slices.Clone(o.Env), strings.Fields(os.Getenv("TABBY_BENCH_TABBYD_ENV"))...)
+	d, err := e.StartTabbyd(host, o)
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	return d
 }
 
 // nsHandle opens a netlink handle in a namespace; closed at cleanup.
 func (e *env) nsHandle(ns string) *netlink.Handle {
 	e.tb.Helper()
-	h, err := netns.GetFromName(ns)
+	h, err := namedns.Handle(ns)
 	if err != nil {
 		e.tb.Fatal(err)
 	}
-	defer h.Close()
-	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		e.tb.Fatal(err)
-	}
-	e.tb.Cleanup(nh.Close)
-	return nh
+	e.tb.Cleanup(h.Close)
+	return h
 }
 
 // flushOurRoutes deletes every route with tabby's protocol in a namespace, so that the

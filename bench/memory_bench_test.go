@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tabby-net/tabby/internal/namedns"
+	"github.com/tabby-net/tabby/lab"
 )
 
 // memorySettle is how long BenchmarkMemory5000 watches the daemons after convergence.
@@ -43,31 +45,31 @@ func BenchmarkMemory5000(b *testing.B) {
 		flushOurRoutes(b, e.nsHandle(e.hostNS("big")))
 		flushOurNexthops(b, e.hostNS("big"))
 		w := watchRoutes(b, e.hostNS("big"))
-		big := e.startTabbyd("big", fmt.Sprintf("tabbyd-big-%d", i), tabbydOptions{})
-		small := e.startTabbyd("empty", fmt.Sprintf("tabbyd-empty-%d", i), tabbydOptions{etcdPrefix: "/empty"})
+		big := e.startTabbyd("big", fmt.Sprintf("tabbyd-big-%d", i), lab.TabbydOptions{})
+		small := e.startTabbyd("empty", fmt.Sprintf("tabbyd-empty-%d", i), lab.TabbydOptions{EtcdPrefix: "/empty"})
 		if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
-			b.Fatalf("%v\n%s", err, big.tail(30))
+			b.Fatalf("%v\n%s", err, big.Tail(30))
 		}
-		m, err := procMemoryDetail(big.pid())
+		m, err := procMemoryDetail(big.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
 		bigConv = append(bigConv, m.rss)
 		time.Sleep(memorySettle)
-		m, err = procMemoryDetail(big.pid())
+		m, err = procMemoryDetail(big.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
 		bigEnd, bigPeak, bigAnon, bigFile = append(bigEnd, m.rss), append(bigPeak, m.peak), append(bigAnon, m.anon), append(bigFile, m.file)
 		bigHeap = append(bigHeap, goHeapMB(b, e.hostNS("big")))
-		m, err = procMemoryDetail(small.pid())
+		m, err = procMemoryDetail(small.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
 		emptyEnd, emptyPeak = append(emptyEnd, m.rss), append(emptyPeak, m.peak)
 		emptyHeap = append(emptyHeap, goHeapMB(b, e.hostNS("empty")))
-		big.stop(10 * time.Second)
-		small.stop(10 * time.Second)
+		big.Stop(syscall.SIGTERM, 10*time.Second)
+		small.Stop(syscall.SIGTERM, 10*time.Second)
 		w.close()
 	}
 	reportMedian(b, bigEnd, "rss-MB")

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
+	"github.com/tabby-net/tabby/lab"
 )
 
 // meshHosts is the size of BenchmarkMesh50's cluster.
@@ -39,15 +41,15 @@ func BenchmarkMesh50(b *testing.B) {
 	iter := 0
 	for b.Loop() {
 		iter++
-		procs := make([]*proc, len(hosts))
+		procs := make([]*lab.Tabbyd, len(hosts))
 		t0 := time.Now()
 		for i, h := range hosts {
-			procs[i] = e.startTabbyd(h, fmt.Sprintf("tabbyd-%s-%d", h, iter), tabbydOptions{})
+			procs[i] = e.startTabbyd(h, fmt.Sprintf("tabbyd-%s-%d", h, iter), lab.TabbydOptions{})
 		}
 		done, err := waitMesh(e, hosts, procs, 60*time.Second)
 		if err != nil {
 			if os.Getenv("TABBY_BENCH_HOLD") != "" {
-				fmt.Println("HOLD", e.topo.Prefix, err)
+				fmt.Println("HOLD", e.Topo.Prefix, err)
 				time.Sleep(5 * time.Minute)
 			}
 			b.Fatal(err)
@@ -59,15 +61,15 @@ func BenchmarkMesh50(b *testing.B) {
 		for _, p := range procs {
 			d, ok := waitConvergence(p, 10*time.Second)
 			if !ok {
-				b.Fatalf("%s never converged\n%s", p.name, p.tail(20))
+				b.Fatalf("%s never converged\n%s", "tabbyd on "+p.Host, p.Tail(20))
 			}
 			// "after" counts from the daemon's own start, which is at most a few ms
 			// after the process's; add the difference of process starts.
-			lastConv = max(lastConv, p.started.Sub(t0)+d)
-			if c, err := procCPU(p.pid()); err == nil {
+			lastConv = max(lastConv, p.Started.Sub(t0)+d)
+			if c, err := procCPU(p.PID); err == nil {
 				total += c
 			}
-			if m, err := procMemoryDetail(p.pid()); err == nil {
+			if m, err := procMemoryDetail(p.PID); err == nil {
 				sum += m.rss
 				top = max(top, m.rss)
 			}
@@ -85,7 +87,7 @@ func BenchmarkMesh50(b *testing.B) {
 
 // waitMesh polls every daemon's status socket until each shows all the others as
 // Established peers, and returns when the last one did.
-func waitMesh(e *env, hosts []string, procs []*proc, timeout time.Duration) (time.Time, error) {
+func waitMesh(e *env, hosts []string, procs []*lab.Tabbyd, timeout time.Duration) (time.Time, error) {
 	want := len(hosts) - 1
 	doneAt := make([]time.Time, len(hosts))
 	deadline := time.Now().Add(timeout)
@@ -100,7 +102,7 @@ func waitMesh(e *env, hosts []string, procs []*proc, timeout time.Duration) (tim
 				defer wg.Done()
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
-				st, err := statusapi.Fetch(ctx, e.statusSocket(h))
+				st, err := statusapi.Fetch(ctx, e.StatusSocket(h))
 				now := time.Now()
 				if err == nil && established(st) == want {
 					doneAt[i] = now
@@ -123,9 +125,9 @@ func waitMesh(e *env, hosts []string, procs []*proc, timeout time.Duration) (tim
 		if time.Now().After(deadline) {
 			for i, p := range procs {
 				if doneAt[i].IsZero() {
-					st, err := statusapi.Fetch(context.Background(), e.statusSocket(hosts[i]))
+					st, err := statusapi.Fetch(context.Background(), e.StatusSocket(hosts[i]))
 					if err != nil {
-						return time.Time{}, fmt.Errorf("%d daemons without a full mesh after %s; %s: %v\n%s", left, timeout, hosts[i], err, p.tail(20))
+						return time.Time{}, fmt.Errorf("%d daemons without a full mesh after %s; %s: %v\n%s", left, timeout, hosts[i], err, p.Tail(20))
 					}
 					var down []string
 					other := ""
@@ -134,14 +136,14 @@ func waitMesh(e *env, hosts []string, procs []*proc, timeout time.Duration) (tim
 							down = append(down, fmt.Sprintf("%s %s since %s: %s", peer.Address, peer.State, peer.Since.Format(time.TimeOnly), peer.Info))
 							for j := range hosts {
 								if other == "" && e.hostIP(hosts[j]).String() == peer.Address {
-									other = fmt.Sprintf("log of %s about %s:\n%s\nlog of %s about %s:\n%s", hosts[j], e.hostIP(hosts[i]), procs[j].grep(e.hostIP(hosts[i]).String()+" "),
-										hosts[i], peer.Address, procs[i].grep(peer.Address+" "))
+									other = fmt.Sprintf("log of %s about %s:\n%s\nlog of %s about %s:\n%s", hosts[j], e.hostIP(hosts[i]), procs[j].Grep(e.hostIP(hosts[i]).String()+" "),
+										hosts[i], peer.Address, procs[i].Grep(peer.Address+" "))
 								}
 							}
 						}
 					}
 					return time.Time{}, fmt.Errorf("%d daemons without a full mesh after %s; %s has %d peers, %d established, ready %v %q; down: %s\n%s",
-						left, timeout, hosts[i], len(st.Peers), established(st), st.Ready, st.NotReady, strings.Join(down, "; "), p.tail(20)+"\n"+other)
+						left, timeout, hosts[i], len(st.Peers), established(st), st.Ready, st.NotReady, strings.Join(down, "; "), p.Tail(20)+"\n"+other)
 				}
 			}
 		}
@@ -160,11 +162,11 @@ func established(st *statusapi.Status) int {
 }
 
 // stopAll sends SIGTERM to every process at once and waits for them.
-func stopAll(procs []*proc) {
+func stopAll(procs []*lab.Tabbyd) {
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(10 * time.Second) }()
+		go func() { defer wg.Done(); p.Stop(syscall.SIGTERM, 10*time.Second) }()
 	}
 	wg.Wait()
 }
@@ -176,7 +178,7 @@ func resetMesh(ctx context.Context, tb testing.TB, e *env, c *datastore.Client, 
 	w := &txnWriter{tb: tb, ctx: ctx, cli: c.Etcd()}
 	for _, h := range hosts {
 		w.del(c.Keys.Resource(datastore.KindNode, h))
-		if err := os.RemoveAll(filepath.Join(e.dir, h, "run")); err != nil {
+		if err := os.RemoveAll(filepath.Join(e.StateDir, h, "run")); err != nil {
 			tb.Fatal(err)
 		}
 		flushOurRoutes(tb, e.nsHandle(e.hostNS(h)))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tabby-net/tabby/daemon"
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/lab"
 )
 
 // tabbydChild runs tabbyd's daemon.Run, the whole of `tabbyd run` but its flag parsing,
@@ -117,14 +118,20 @@ func (p *cpuProfiler) stop() {
 	p.f = nil
 }
 
-// startProfiled starts tabbydChild on a host, with its profiles going to dir.
-func (e *env) startProfiled(host, logName, dir string, cpuSeconds int, o tabbydOptions) *proc {
+// startProfiled starts tabbydChild on a host in place of bin/tabbyd, with its profiles
+// going to dir.
+func (e *env) startProfiled(host, logName, dir string, cpuSeconds int, o lab.TabbydOptions) *lab.Tabbyd {
 	e.tb.Helper()
-	cfg := e.writeConfig(host, o)
-	return e.start(e.hostNS(host), logName, append([]string{
-		childEnv + "=tabbyd", "TABBY_BENCH_CONFIG=" + cfg, "TABBY_BENCH_PROFILE_DIR=" + dir,
-		fmt.Sprintf("TABBY_BENCH_CPU_SECONDS=%d", cpuSeconds), "TABBY_BENCH_RTPROTOS=" + filepath.Join(e.dir, host, "rtprotos"),
-	}, o.env...), os.Args[0])
+	o.Program, o.LogName = os.Args[0], logName
+	o.Env = append([]string{
+		childEnv + "=tabbyd", "TABBY_BENCH_CONFIG=" + e.TabbydConfigPath(host), "TABBY_BENCH_PROFILE_DIR=" + dir,
+		fmt.Sprintf("TABBY_BENCH_CPU_SECONDS=%d", cpuSeconds), "TABBY_BENCH_RTPROTOS=" + e.RTProtosDir(host),
+	}, o.Env...)
+	d, err := e.StartTabbyd(host, o)
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	return d
 }
 
 // profileDir is TABBY_BENCH_PROFILE_DIR, or its subdirectory sub (made here); the
@@ -144,15 +151,15 @@ func profileDir(b *testing.B, sub string) string {
 
 // convergedProfiled starts etcd with 5,000 nodes and a profiled tabbyd on a joining host,
 // and returns once every route is in that host's kernel.
-func convergedProfiled(ctx context.Context, b *testing.B, logName, dir string) (*datastore.Client, *routeWatch, *proc) {
+func convergedProfiled(ctx context.Context, b *testing.B, logName, dir string) (*datastore.Client, *routeWatch, *lab.Tabbyd) {
 	b.Helper()
 	e := newEnv(b, "joiner")
 	c := e.startEtcd(ctx)
 	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
 	w := watchRoutes(b, e.hostNS("joiner"))
-	p := e.startProfiled("joiner", logName, dir, 0, tabbydOptions{})
+	p := e.startProfiled("joiner", logName, dir, 0, lab.TabbydOptions{})
 	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
-		b.Fatalf("%v\n%s", err, p.tail(30))
+		b.Fatalf("%v\n%s", err, p.Tail(30))
 	}
 	return c, w, p
 }
@@ -169,23 +176,23 @@ func BenchmarkProfileStartup5000(b *testing.B) {
 	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: perBlockFromEnv()})
 	for b.Loop() {
 		w := watchRoutes(b, e.hostNS("joiner"))
-		p := e.startProfiled("joiner", "tabbyd-profile", dir, 3, tabbydOptions{logLevel: os.Getenv("TABBY_BENCH_LOGLEVEL")})
+		p := e.startProfiled("joiner", "tabbyd-profile", dir, 3, lab.TabbydOptions{LogLevel: os.Getenv("TABBY_BENCH_LOGLEVEL")})
 		last, err := w.waitPresent(startupNodes, 60*time.Second)
 		if err != nil {
-			b.Fatalf("%v\n%s", err, p.tail(30))
+			b.Fatalf("%v\n%s", err, p.Tail(30))
 		}
-		rss, peak, _ := procMemory(p.pid())
-		figure(b, "profile", "all routes after %.0f ms; RSS %.1f MB, peak %.1f MB; profiles in %s", ms(last.Sub(p.started)), rss, peak, dir)
-		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		rss, peak, _ := procMemory(p.PID)
+		figure(b, "profile", "all routes after %.0f ms; RSS %.1f MB, peak %.1f MB; profiles in %s", ms(last.Sub(p.Started)), rss, peak, dir)
+		_ = p.Signal(syscall.SIGUSR1)
 		time.Sleep(4 * time.Second)
-		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		_ = p.Signal(syscall.SIGUSR1)
 		time.Sleep(500 * time.Millisecond)
-		rss, peak, _ = procMemory(p.pid())
+		rss, peak, _ = procMemory(p.PID)
 		figure(b, "profile", "4 s later: RSS %.1f MB, peak %.1f MB", rss, peak)
-		p.stop(10 * time.Second)
+		p.Stop(syscall.SIGTERM, 10*time.Second)
 		w.close()
 		if os.Getenv("TABBY_BENCH_LOGLEVEL") != "" {
-			fmt.Println(p.tail(60))
+			fmt.Println(p.Tail(60))
 		}
 	}
 }
@@ -208,9 +215,9 @@ func BenchmarkProfileWrites5000(b *testing.B) {
 	ew := watchEtcd(ctx, b, c, c.Keys.BlockPrefix())
 	time.Sleep(time.Second)
 	for b.Loop() {
-		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		_ = p.Signal(syscall.SIGUSR2)
 		r := propagate(ctx, b, c, w, ew, 5*time.Millisecond)
-		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		_ = p.Signal(syscall.SIGUSR2)
 		figure(b, "profile", "paced writes: p50 %.1f ms, p99 %.1f ms; CPU profiles in %s", r.route.quantile(0.5), r.route.quantile(0.99), dir)
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -232,10 +239,10 @@ func BenchmarkProfileJoinLeave5000(b *testing.B) {
 	time.Sleep(2 * time.Second) // let start-up's after-effects (GC, first metrics) pass
 	k := c.Keys
 	for b.Loop() {
-		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		_ = p.Signal(syscall.SIGUSR1)
 		time.Sleep(time.Second)
-		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
-		c0, err := procCPU(p.pid())
+		_ = p.Signal(syscall.SIGUSR2)
+		c0, err := procCPU(p.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -258,13 +265,13 @@ func BenchmarkProfileJoinLeave5000(b *testing.B) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		c1, err := procCPU(p.pid())
+		c1, err := procCPU(p.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
-		_ = p.cmd.Process.Signal(syscall.SIGUSR2)
+		_ = p.Signal(syscall.SIGUSR2)
 		time.Sleep(200 * time.Millisecond)
-		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		_ = p.Signal(syscall.SIGUSR1)
 		time.Sleep(time.Second)
 		figure(b, "profile", "%d joins and %d leaves: %.2f ms CPU per change, ticks and GC included; profiles in %s",
 			joinLeaveCycles, joinLeaveCycles, ms(c1-c0)/(2*joinLeaveCycles), dir)

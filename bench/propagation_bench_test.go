@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/lab"
 )
 
 // propagationBlocks is the number of blocks written per iteration of BenchmarkPropagation1000.
@@ -29,9 +30,9 @@ func BenchmarkPropagation1000(b *testing.B) {
 	c := e.startEtcd(ctx)
 	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
 	w := watchRoutes(b, e.hostNS("joiner"))
-	p := e.startTabbyd("joiner", "tabbyd-propagation", tabbydOptions{})
+	p := e.startTabbyd("joiner", "tabbyd-propagation", lab.TabbydOptions{})
 	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
-		b.Fatalf("%v\n%s", err, p.tail(30))
+		b.Fatalf("%v\n%s", err, p.Tail(30))
 	}
 	ew := watchEtcd(ctx, b, c, c.Keys.BlockPrefix())
 
@@ -57,8 +58,8 @@ func BenchmarkPropagation1000(b *testing.B) {
 				propagationBlocks, mode.name, p50, p99, max, eP50, eP99, commit, goal)
 		})
 	}
-	if !p.running() {
-		b.Fatalf("tabbyd exited\n%s", p.tail(30))
+	if !p.Running() {
+		b.Fatalf("tabbyd exited\n%s", p.Tail(30))
 	}
 }
 
@@ -172,21 +173,21 @@ func BenchmarkJoinLeave5000(b *testing.B) {
 	c := e.startEtcd(ctx)
 	populate(ctx, b, c, clusterSpec{nodes: startupNodes, perBlock: 1})
 	w := watchRoutes(b, e.hostNS("joiner"))
-	p := e.startTabbyd("joiner", "tabbyd-join", tabbydOptions{})
+	p := e.startTabbyd("joiner", "tabbyd-join", lab.TabbydOptions{})
 	if _, err := w.waitPresent(startupNodes, 60*time.Second); err != nil {
-		b.Fatalf("%v\n%s", err, p.tail(30))
+		b.Fatalf("%v\n%s", err, p.Tail(30))
 	}
 	time.Sleep(2 * time.Second) // let start-up's after-effects (GC, first metrics) pass
 	const window = 300 * time.Millisecond
 	cpuIn := func(f func()) float64 {
-		c0, err := procCPU(p.pid())
+		c0, err := procCPU(p.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
 		t0 := time.Now()
 		f()
 		time.Sleep(window - time.Since(t0))
-		c1, err := procCPU(p.pid())
+		c1, err := procCPU(p.PID)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -240,7 +241,7 @@ func BenchmarkJoinLeave5000(b *testing.B) {
 	figure(b, "join-leave", "one node among %d: tabbyd CPU per join %s ms, per leave %s ms (net of idle) | reference: the same process idle for %s: %s ms | route changes seen per join %s, per leave %s | write → route: join %s ms, leave %s ms | goal ≤ 5 ms: %s",
 		startupNodes, net(join), net(leave), window, idle, joinEvents, leaveEvents, joinLag, leaveLag,
 		verdict(net(join).median() <= 5 && net(leave).median() <= 5))
-	if !p.running() {
-		b.Fatalf("tabbyd exited\n%s", p.tail(30))
+	if !p.Running() {
+		b.Fatalf("tabbyd exited\n%s", p.Tail(30))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,27 +81,27 @@ func BenchmarkStartup5000(b *testing.B) {
 			b.Fatal(err)
 		}
 		w := watchRoutes(b, e.hostNS("joiner"))
-		p := e.startTabbyd("joiner", fmt.Sprintf("tabbyd-startup-%d", i), tabbydOptions{})
+		p := e.startTabbyd("joiner", fmt.Sprintf("tabbyd-startup-%d", i), lab.TabbydOptions{})
 		last, err := w.waitPresent(startupNodes, 60*time.Second)
 		if err != nil {
-			b.Fatalf("%v\n%s", err, p.tail(30))
+			b.Fatalf("%v\n%s", err, p.Tail(30))
 		}
-		tabby = append(tabby, ms(last.Sub(p.started)))
-		if r, pk, err := procMemory(p.pid()); err == nil {
+		tabby = append(tabby, ms(last.Sub(p.Started)))
+		if r, pk, err := procMemory(p.PID); err == nil {
 			rss, peak = append(rss, r), append(peak, pk)
 		}
 		if d, ok := waitConvergence(p, 30*time.Second); ok {
 			conv = append(conv, ms(d))
 		}
-		if m := kernelSynced.FindStringSubmatch(p.logLine(`msg="kernel routing synced"`)); m != nil {
+		if m := kernelSynced.FindStringSubmatch(p.LogLine(`msg="kernel routing synced"`)); m != nil {
 			if d, err := time.ParseDuration(m[1]); err == nil {
 				pass = append(pass, ms(d))
 			}
 		}
 		if os.Getenv("TABBY_BENCH_SHOW_LOG") != "" {
-			fmt.Println(p.tail(40))
+			fmt.Println(p.Tail(40))
 		}
-		p.stop(10 * time.Second)
+		p.Stop(syscall.SIGTERM, 10*time.Second)
 		w.close()
 	}
 	b.StopTimer()
@@ -138,7 +139,7 @@ func directRoutes(tb testing.TB, h *netlink.Handle, n int) []*netlink.Route {
 // writeRouteBatch writes the same routes as an `ip -batch` file.
 func writeRouteBatch(tb testing.TB, e *env, n int) string {
 	tb.Helper()
-	path := filepath.Join(e.dir, "routes.batch")
+	path := filepath.Join(e.StateDir, "routes.batch")
 	f, err := os.Create(path)
 	if err != nil {
 		tb.Fatal(err)
@@ -160,7 +161,7 @@ func writeRouteBatch(tb testing.TB, e *env, n int) string {
 // per node, which the routes name by id.
 func writeNexthopBatch(tb testing.TB, e *env, n int) string {
 	tb.Helper()
-	path := filepath.Join(e.dir, "nexthops.batch")
+	path := filepath.Join(e.StateDir, "nexthops.batch")
 	f, err := os.Create(path)
 	if err != nil {
 		tb.Fatal(err)
@@ -187,10 +188,10 @@ var convergenceAfter = regexp.MustCompile(`msg="first convergence".* after=([0-9
 
 // waitConvergence waits for tabbyd's "first convergence" log line and returns the time
 // it reports since its own start.
-func waitConvergence(p *proc, timeout time.Duration) (time.Duration, bool) {
+func waitConvergence(p *lab.Tabbyd, timeout time.Duration) (time.Duration, bool) {
 	var d time.Duration
 	ok := waitFor(timeout, 20*time.Millisecond, func() bool {
-		m := convergenceAfter.FindStringSubmatch(p.logLine(`msg="first convergence"`))
+		m := convergenceAfter.FindStringSubmatch(p.LogLine(`msg="first convergence"`))
 		if m == nil {
 			return false
 		}

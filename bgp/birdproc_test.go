@@ -32,7 +32,7 @@ func startBIRD(t testing.TB, ns *netnstest.NS, dir, config string) *birdProc {
 	if err := os.WriteFile(b.Config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b.Proc = netnstest.Start(t, ns, nil, b.Log, "/usr/sbin/bird", "-f", "-s", b.Socket, "-c", b.Config)
+	b.Proc = netnstest.Start(t, ns.Name, nil, b.Log, "/usr/sbin/bird", "-f", "-s", b.Socket, "-c", b.Config)
 	netnstest.Eventually(t, 10*time.Second, "BIRD control socket", func() error {
 		if !b.Proc.Running() {
 			log, _ := os.ReadFile(b.Log)

@@ -389,7 +389,7 @@ func (s *speaker) start() {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.proc = netnstest.Start(s.t, s.ns, []string{helperEnv + "=" + s.cfgPath}, filepath.Join(s.dir, "speaker.log"), exe, "-test.run=^$")
+	s.proc = netnstest.Start(s.t, s.ns.Name, []string{helperEnv + "=" + s.cfgPath}, filepath.Join(s.dir, "speaker.log"), exe, "-test.run=^$")
 	netnstest.Eventually(s.t, 10*time.Second, s.node+" control socket", func() error {
 		if !s.proc.Running() {
 			s.t.Fatalf("speaker %s exited:\n%s", s.node, s.log())

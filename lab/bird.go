@@ -88,7 +88,7 @@ func (c *Cluster) SetBird(ctx context.Context, on bool) error {
 		return err
 	}
 	if pid, _ := readPID(c.pidFile("bird")); pid == 0 || !pidRuns(pid, "bird") {
-		if _, err := startInNS(c.Topo.RouterNS(), c.logFile("bird"), c.pidFile("bird"), nil,
+		if _, err := c.start(c.Topo.RouterNS(), "bird", "bird", nil,
 			"bird", "-f", "-c", conf, "-s", c.BirdSocket()); err != nil {
 			return fmt.Errorf("start BIRD on the router: %w", err)
 		}

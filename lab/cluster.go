@@ -91,6 +91,15 @@ type Cluster struct {
 	Out io.Writer
 	// Secure, when set, makes etcd a TLS cluster with client certificates and RBAC.
 	Secure *SecureEtcd
+	// Tabbyd configures the tabbyd that Up starts on every host.
+	Tabbyd TabbydOptions
+
+	mu sync.Mutex
+	// procs are the processes this Cluster value started, by name ("etcd",
+	// "tabbyd-worker-1"); a later tabbylab command finds them by PID file instead.
+	procs map[string]*namedns.Process
+	// closers run at Down: listeners the harness opened for its daemons.
+	closers []func()
 }
 
 // NewArticlesCluster is the lab of the articles under prefix, with pod-1..3 on worker-1..3.
@@ -105,6 +114,10 @@ func NewArticlesCluster(prefix, stateDir, binDir string, out io.Writer) *Cluster
 		StateDir: stateDir,
 		BinDir:   binDir,
 		Out:      out,
+		// Short timers, so that a closed TCP 179 (tabbylab fault bgp-port) shows within
+		// seconds instead of the 90 s of a production hold time, and a reopened one heals
+		// at once; the subnet label selects each host's router peer (SetBird).
+		Tabbyd: TabbydOptions{SegmentLabel: "subnet", BGP: &BGPTimers{ConnectRetry: time.Second, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second}},
 	}
 }
 
@@ -114,7 +127,6 @@ func (c *Cluster) say(format string, args ...any) {
 	}
 }
 
-func (c *Cluster) hostDir(host string) string { return filepath.Join(c.StateDir, host) }
 func (c *Cluster) pidFile(name string) string { return filepath.Join(c.StateDir, name+".pid") }
 func (c *Cluster) logFile(name string) string { return filepath.Join(c.StateDir, name+".log") }
 
@@ -153,14 +165,14 @@ func (c *Cluster) Up(ctx context.Context, mode Mode) (err error) {
 			return fmt.Errorf("mode %s needs IP-in-IP, but this %s: start in another mode", mode, NoIPIPMessage)
 		}
 	}
-	if err := c.startEtcd(ctx); err != nil {
+	if err := c.StartEtcd(ctx); err != nil {
 		return err
 	}
 	if err := c.ApplyPool(ctx, mode, true); err != nil {
 		return err
 	}
 	for _, h := range c.Topo.Hosts {
-		if err := c.StartTabbyd(h.Name); err != nil {
+		if _, err := c.StartTabbyd(h.Name, c.Tabbyd); err != nil {
 			return err
 		}
 	}
@@ -176,31 +188,18 @@ func (c *Cluster) Up(ctx context.Context, mode Mode) (err error) {
 	return c.WaitRoutes(ctx, 60*time.Second)
 }
 
-// lastLogLine returns the last line of a process's log.
-func (c *Cluster) lastLogLine(name string) string {
-	b, err := os.ReadFile(c.logFile(name))
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return lines[len(lines)-1]
-}
-
 // sayLogTails prints the last lines of every log of the lab, so that a failure can be
 // understood after Down has removed the state directory.
-func (c *Cluster) sayLogTails(lines int) {
+func (c *Cluster) sayLogTails(lines int) { c.say("%s", c.LogTails(lines)) }
+
+// LogTails returns the last lines of every log of the lab, for a failure's report.
+func (c *Cluster) LogTails(lines int) string {
+	var b strings.Builder
 	logs, _ := filepath.Glob(filepath.Join(c.StateDir, "*.log"))
 	for _, l := range logs {
-		b, err := os.ReadFile(l)
-		if err != nil {
-			continue
-		}
-		all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if len(all) > lines {
-			all = all[len(all)-lines:]
-		}
-		c.say("--- last lines of %s:\n%s", filepath.Base(l), strings.Join(all, "\n"))
+		fmt.Fprintf(&b, "--- last lines of %s:\n%s\n", filepath.Base(l), namedns.TailFile(l, lines))
 	}
+	return b.String()
 }
 
 // Down stops every process of the lab and removes its namespaces and state. It works on
@@ -211,6 +210,13 @@ func (c *Cluster) sayLogTails(lines int) {
 // SIGTERM at once, SIGKILL after a grace period.
 func (c *Cluster) Down() error {
 	var errs []error
+	c.mu.Lock()
+	closers := c.closers
+	c.closers = nil
+	c.mu.Unlock()
+	for _, f := range closers {
+		f()
+	}
 	names, err := namedns.List(c.Topo.Prefix + "-")
 	errs = append(errs, err)
 	inNS, err := procsInNamespaces(names)
@@ -231,9 +237,10 @@ func (c *Cluster) Down() error {
 	return errors.Join(errs...)
 }
 
-// startEtcd runs `tabbylab etcd` inside the router's namespace, listening on the router's
-// address in every subnet, and waits until it answers.
-func (c *Cluster) startEtcd(ctx context.Context) error {
+// StartEtcd runs `tabbylab etcd` (an embedded etcd server) inside the router's namespace,
+// listening on the router's address in every subnet, and waits until it answers. Its data
+// stays in the state directory, so a stopped etcd can be started again with its keys.
+func (c *Cluster) StartEtcd(ctx context.Context) error {
 	if c.Secure != nil {
 		return c.startSecureEtcd(ctx)
 	}
@@ -246,7 +253,7 @@ func (c *Cluster) startEtcd(ctx context.Context) error {
 		listen = append(listen, fmt.Sprintf("%s:%d", s.Router.Addr(), EtcdPort))
 	}
 	c.say("starting etcd in %s on %s", c.Topo.RouterNS(), strings.Join(listen, ", "))
-	if _, err := startInNS(c.Topo.RouterNS(), c.logFile("etcd"), c.pidFile("etcd"), nil, self,
+	if _, err := c.start(c.Topo.RouterNS(), "etcd", "etcd", nil, self,
 		"etcd", "--data-dir", filepath.Join(c.StateDir, "etcd"), "--listen", strings.Join(listen, ",")); err != nil {
 		return err
 	}
@@ -350,123 +357,6 @@ func (c *Cluster) SetMode(ctx context.Context, mode Mode) error {
 func (c *Cluster) SetNATOutgoing(ctx context.Context, on bool) error {
 	_, err := c.Ctl(ctx, "master", "patch", "ippool", PoolName, "-p", fmt.Sprintf(`{"spec":{"natOutgoing":%t}}`, on))
 	return err
-}
-
-// tabbydConfig is a host's tabbyd.yaml (SPEC §10): everything it writes stays under the
-// host's own directory, so several tabbyd share no file.
-func (c *Cluster) tabbydConfig(h Host) string {
-	dir := c.hostDir(h.Name)
-	return fmt.Sprintf(`nodeName: %s
-%sipv4:
-  address: %s
-labels:
-  subnet: %s
-dataDir: %s
-runDir: %s
-statusSocket: %s
-bgp:
-  secretsDir: %s
-  # Short timers, so that a closed TCP 179 (tabbylab fault bgp-port) shows within seconds
-  # instead of the 90 s of a production hold time, and a reopened one heals at once.
-  connectRetry: 1s
-  holdTime: 9s
-  keepalive: 3s
-health:
-  listen: "127.0.0.1:9099"
-metrics:
-  listen: "127.0.0.1:9091"
-logLevel: info
-`, h.Name, c.etcdYAML(h), h.Addr, h.Segment,
-		filepath.Join(dir, "data"), filepath.Join(dir, "run"), c.StatusSocket(h.Name), filepath.Join(dir, "secrets"))
-}
-
-// StatusSocket is a host's tabbyd status socket.
-func (c *Cluster) StatusSocket(host string) string {
-	return filepath.Join(c.hostDir(host), "run", "tabbyd.sock")
-}
-
-// DataDir is a host's tabbyd data dir (the published pod MTU lives there).
-func (c *Cluster) DataDir(host string) string { return filepath.Join(c.hostDir(host), "data") }
-
-// RunDir is a host's tabbyd run dir.
-func (c *Cluster) RunDir(host string) string { return filepath.Join(c.hostDir(host), "run") }
-
-// StartTabbyd writes a host's config and starts its tabbyd inside the host's namespace.
-func (c *Cluster) StartTabbyd(host string) error {
-	h, ok := c.Topo.Host(host)
-	if !ok {
-		return fmt.Errorf("unknown host %q", host)
-	}
-	tabbyd, err := c.bin("tabbyd")
-	if err != nil {
-		return err
-	}
-	for _, d := range []string{c.DataDir(host), c.RunDir(host), filepath.Join(c.hostDir(host), "secrets")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return err
-		}
-	}
-	cfg := filepath.Join(c.hostDir(host), "tabbyd.yaml")
-	// Root-only: the file may hold the etcd password.
-	if err := os.WriteFile(cfg, []byte(c.tabbydConfig(h)), 0o600); err != nil {
-		return err
-	}
-	c.say("starting tabbyd on %s (%s)", host, h.Addr)
-	_, err = startInNS(c.Topo.HostNS(host), c.logFile("tabbyd-"+host), c.pidFile("tabbyd-"+host), nil, tabbyd, "run", "--config", cfg)
-	return err
-}
-
-// StopTabbyd stops a host's tabbyd with a signal (SIGTERM, or SIGKILL when hard).
-func (c *Cluster) StopTabbyd(host string, hard bool) error {
-	pid, err := readPID(c.pidFile("tabbyd-" + host))
-	if err != nil || pid == 0 {
-		return fmt.Errorf("tabbyd on %s: no PID recorded: %v", host, err)
-	}
-	if hard {
-		return killHard(pid)
-	}
-	return stopPID(pid, "tabbyd", 10*time.Second)
-}
-
-// Readiness fetches a host's /readiness: whether it is ready and the body.
-func (c *Cluster) Readiness(ctx context.Context, host string) (bool, string, error) {
-	return readiness(ctx, c.Topo.HostNS(host))
-}
-
-// WaitReady waits until every host's tabbyd reports ready.
-func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var notReady []string
-		for _, h := range c.Topo.Hosts {
-			// A tabbyd that exited will not become ready: say so now, with its last words.
-			if pid, err := readPID(c.pidFile("tabbyd-" + h.Name)); err == nil && pid > 0 && !pidRuns(pid, "") {
-				return fmt.Errorf("tabbyd on %s exited: %s", h.Name, c.lastLogLine("tabbyd-"+h.Name))
-			}
-			ok, body, err := c.Readiness(ctx, h.Name)
-			if err != nil || !ok {
-				notReady = append(notReady, fmt.Sprintf("%s: %s%v", h.Name, body, errOrEmpty(err)))
-			}
-		}
-		if len(notReady) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %s: %s", timeout, strings.Join(notReady, "; "))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-func errOrEmpty(err error) string {
-	if err == nil {
-		return ""
-	}
-	return " (" + err.Error() + ")"
 }
 
 // cniResult is the part of a CNI result the lab reads.

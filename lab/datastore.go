@@ -41,6 +41,10 @@ func (c *Cluster) Datastore() (*datastore.Client, error) {
 		})},
 		// The client's own retries would otherwise log to stderr through zap.
 		Logger: zap.NewNop(),
+		// The benchmarks load tens of thousands of keys in one transaction and read them
+		// back in one range.
+		MaxCallSendMsgSize: 64 << 20,
+		MaxCallRecvMsgSize: 256 << 20,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for the lab (%s in %s): %w", strings.Join(endpoints, ","), ns, err)

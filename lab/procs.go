@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -17,38 +16,36 @@ import (
 	"github.com/tabby-net/tabby/internal/namedns"
 )
 
-// Process is a long-running program the lab started inside one of its namespaces.
-type Process struct {
-	Name string // "tabbyd-worker-1", "etcd"
-	PID  int
+// start starts a long-running program inside a namespace through namedns, detached in its
+// own session so that it outlives the tabbylab command that started it, with its output
+// appended to <StateDir>/<logName>.log and its PID in <StateDir>/<name>.pid, so that a
+// later command (tabbylab down, StopTabbyd) can find it. This process keeps the handle
+// (Process) while it lives.
+func (c *Cluster) start(ns, name, logName string, env []string, program string, args ...string) (*namedns.Process, error) {
+	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
+		return nil, err
+	}
+	p, err := namedns.Start(namedns.ProcessOptions{
+		Namespace: ns, Log: c.logFile(logName), PIDFile: c.pidFile(name), Env: env, Detach: true,
+	}, program, args...)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.procs == nil {
+		c.procs = map[string]*namedns.Process{}
+	}
+	c.procs[name] = p
+	c.mu.Unlock()
+	return p, nil
 }
 
-// startInNS starts a program inside a namespace, detached in its own session so that it
-// outlives the tabbylab command that started it, with its output in logFile. The PID is
-// written to pidFile so a later `tabbylab down` can stop it.
-func startInNS(ns, logFile, pidFile string, env []string, name string, args ...string) (*Process, error) {
-	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("log file for %s: %w", name, err)
-	}
-	defer lf.Close()
-	cmd := namedns.Command(ns, name, args...)
-	cmd.Stdout = lf
-	cmd.Stderr = lf
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s in %s: %w", name, ns, err)
-	}
-	// nsenter execs the program in place, so this PID is the program's own.
-	pid := cmd.Process.Pid
-	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
-		_ = cmd.Process.Kill()
-		return nil, fmt.Errorf("pid file for %s: %w", name, err)
-	}
-	// Reap it in the background while this process lives; afterwards init does.
-	go func() { _ = cmd.Wait() }()
-	return &Process{Name: filepath.Base(pidFile), PID: pid}, nil
+// Process returns the process of that name ("etcd", "tabbyd-worker-1") that this Cluster
+// value started last, nil if it started none.
+func (c *Cluster) Process(name string) *namedns.Process {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.procs[name]
 }
 
 // stopPID stops one process by PID: SIGTERM, then SIGKILL after grace. A PID that no

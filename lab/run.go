@@ -3,17 +3,12 @@ package lab
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/tabby-net/tabby/internal/namedns"
 )
 
 // runCtx runs a command and kills it when ctx ends.
@@ -64,43 +59,4 @@ func threadStates(pid int) string {
 		out = append(out, fmt.Sprintf("%s %c %s", task.Name(), procState(stat), wchan))
 	}
 	return strings.Join(out, ", ")
-}
-
-// readiness fetches http://127.0.0.1:9099/readiness from inside a namespace: whether it
-// answered 200, and the body. The socket is made on a thread inside the namespace; once
-// connected it stays there.
-func readiness(ctx context.Context, ns string) (bool, string, error) {
-	var conn net.Conn
-	err := namedns.Do(ns, func() error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", "127.0.0.1:9099")
-		conn = c
-		return err
-	})
-	if err != nil {
-		return false, "", fmt.Errorf("readiness endpoint in %s: %w", ns, err)
-	}
-	used := false
-	client := &http.Client{
-		Timeout: 3 * time.Second,
-		Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
-			if used {
-				return nil, fmt.Errorf("one connection only")
-			}
-			used = true
-			return conn, nil
-		}},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9099/readiness", nil)
-	if err != nil {
-		conn.Close()
-		return false, "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode == http.StatusOK, strings.TrimSpace(string(b)), err
 }

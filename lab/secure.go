@@ -286,7 +286,7 @@ func (c *Cluster) startEtcdMember(m EtcdMember, initialCluster string) error {
 	}
 	router := c.Topo.Segments[0].Router.Addr()
 	dir := c.PKIDir()
-	_, err = startInNS(c.Topo.RouterNS(), c.logFile(m.Name), c.pidFile(m.Name), nil, self, "etcd",
+	_, err = c.start(c.Topo.RouterNS(), m.Name, m.Name, nil, self, "etcd",
 		"--name", m.Name, "--data-dir", filepath.Join(c.StateDir, m.Name),
 		"--listen", fmt.Sprintf("%s:%d", router, m.ClientPort),
 		"--client-port", fmt.Sprint(m.ClientPort), "--peer-port", fmt.Sprint(m.PeerPort),

@@ -130,7 +130,7 @@ func (l *secretLab) pingAll(t *testing.T) {
 // secret file is missing: tabbyd reads the one and reports the other, showing neither.
 func (l *secretLab) bgpSecrets(t *testing.T) {
 	t.Helper()
-	dir := filepath.Join(l.hostDir("worker-1"), "secrets", "bgp-peer")
+	dir := filepath.Join(l.HostDir("worker-1"), "secrets", "bgp-peer")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -635,8 +635,8 @@ metrics: {listen: ""}
 
 	// Files that hold a secret are root-only.
 	for _, p := range []string{
-		filepath.Join(l.hostDir("worker-1"), "tabbyd.yaml"),
-		filepath.Join(l.hostDir("worker-1"), "secrets", "bgp-peer", "password"),
+		filepath.Join(l.HostDir("worker-1"), "tabbyd.yaml"),
+		filepath.Join(l.HostDir("worker-1"), "secrets", "bgp-peer", "password"),
 		filepath.Join(l.PKIDir(), "tabbyd-worker-1-key.pem"),
 		filepath.Join(l.PKIDir(), "ca-key.pem"),
 	} {

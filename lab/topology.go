@@ -1,10 +1,3 @@
-// Package lab builds the topology of the articles in ../shared/articles out of network
-// namespaces on one machine: hosts in two subnets joined by a router that forwards only
-// what it has routes for (as a cloud VPC router does), and an outside host behind the
-// router that knows only the hosts' network. cmd/tabbylab and the end-to-end tests use it.
-//
-// Every namespace, link and rule the lab makes lives in namespaces whose names start with
-// the topology's prefix, so Destroy can remove everything, also after a crash.
 package lab
 
 import (
@@ -48,7 +41,8 @@ type Topology struct {
 	Prefix   string
 	Segments []Segment
 	Hosts    []Host
-	Outside  Outside
+	// Outside is built when its Addr is set.
+	Outside Outside
 	// MTU of every link, as on the hosts' NICs.
 	MTU int
 }
@@ -83,6 +77,9 @@ const NIC = "eth0"
 
 // RouterNS is the router's namespace.
 func (t *Topology) RouterNS() string { return t.Prefix + "-router" }
+
+// HasOutside reports whether the topology has an outside host.
+func (t *Topology) HasOutside() bool { return t.Outside.Addr.IsValid() }
 
 // OutsideNS is the outside host's namespace.
 func (t *Topology) OutsideNS() string { return t.Prefix + "-outside" }
@@ -163,8 +160,10 @@ func (t *Topology) Build() (err error) {
 			return fmt.Errorf("host %s: %w", h.Name, err)
 		}
 	}
-	if err := t.buildOutside(); err != nil {
-		return fmt.Errorf("outside host: %w", err)
+	if t.HasOutside() {
+		if err := t.buildOutside(); err != nil {
+			return fmt.Errorf("outside host: %w", err)
+		}
 	}
 	return nil
 }
@@ -192,7 +191,10 @@ func (t *Topology) Exists() (bool, error) {
 }
 
 func (t *Topology) namespaces() []string {
-	out := []string{t.RouterNS(), t.OutsideNS()}
+	out := []string{t.RouterNS()}
+	if t.HasOutside() {
+		out = append(out, t.OutsideNS())
+	}
 	for _, h := range t.Hosts {
 		out = append(out, t.HostNS(h.Name))
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/internal/netnstest"
+	"github.com/tabby-net/tabby/lab"
 )
 
 // tabbyd runs the binary outside any namespace (for commands that touch no network) and
@@ -92,19 +92,16 @@ func TestConfigErrorExitCode(t *testing.T) {
 // systemd STATUS line, and exits 0 on SIGTERM.
 func TestWithoutDatastore(t *testing.T) {
 	t.Parallel()
-	netnstest.RequireRoot(t)
-	host := netnstest.New(t, "e2enoetcd")
-	peer := netnstest.New(t, "e2enoetcdp")
-	netnstest.Veth(t, host, "eth0", "10.77.0.2/24", peer, "eth0", "10.77.0.1/24")
-	// Start from forwarding off, whatever new namespaces inherit on this machine, so the
-	// check below proves that tabbyd turned it on.
-	mustRun(t, host.Name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
-
-	// 10.77.0.1 exists but nothing listens on 2379: connection refused, quickly.
-	h := newDaemonHost(t, "lonely", host.Name, netip.MustParsePrefix("10.77.0.2/24"), t.TempDir(), "http://10.77.0.1:2379")
+	requireRoot(t)
+	// One host whose router, 10.77.0.1, exists but runs no etcd: connection refused,
+	// quickly.
+	l := oneHostLab(t, "lonely", "10.77.0.1/24", "10.77.0.2/24")
+	// Start from forwarding off, whatever the lab set, so the check below proves that
+	// tabbyd turned it on.
+	host := l.Topo.HostNS("lonely")
+	mustRun(t, host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
 	// Autodetection instead of a fixed address, to run that path in the binary too.
-	cfg, _ := os.ReadFile(h.config)
-	os.WriteFile(h.config, []byte(strings.Replace(string(cfg), "  address: 10.77.0.2/24", "  autodetect: interface=eth0", 1)), 0o644)
+	h := newDaemonHost(t, l, "lonely", lab.TabbydOptions{LogLevel: "debug", Autodetect: "interface=eth0"})
 	h.start()
 
 	eventually(t, 30*time.Second, "readiness names the datastore", func() string {
@@ -115,7 +112,7 @@ func TestWithoutDatastore(t *testing.T) {
 		return body
 	})
 	// Workloads need forwarding; a fresh namespace starts with it off.
-	if out := mustRun(t, host.Name, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
+	if out := mustRun(t, host, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
 		t.Errorf("IPv4 forwarding not turned on: %q", out)
 	}
 	if code, body, err := h.get("http://127.0.0.1:9099/liveness"); err != nil || code != 200 || body != "ok\n" {
@@ -134,18 +131,28 @@ func TestWithoutDatastore(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if !h.notify.wait("STATUS=Waiting for etcd: "+strings.TrimPrefix(firstLine(t, h, "datastore unreachable: "), "datastore unreachable: "), 10*time.Second) {
-		t.Errorf("no STATUS=Waiting for etcd line: %q", h.notify.all())
+	if !h.notify.Wait("STATUS=Waiting for etcd: "+strings.TrimPrefix(firstLine(t, h, "datastore unreachable: "), "datastore unreachable: "), 10*time.Second) {
+		t.Errorf("no STATUS=Waiting for etcd line: %q", h.notify.All())
 	}
-	if h.notify.wait("READY=1", 0) {
+	if h.notify.Wait("READY=1", 0) {
 		t.Error("READY=1 sent without a datastore")
 	}
-	if code := h.proc.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
-		t.Errorf("exit code after SIGTERM = %d, want 0\n%s", code, h.proc.tail(20))
+	if code := stop(t, h.proc.Process, syscall.SIGTERM, 15*time.Second); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0\n%s", code, h.proc.Tail(20))
 	}
 	if _, err := os.Stat(h.socket()); err == nil {
 		t.Error("the status socket file was left behind")
 	}
+}
+
+// oneHostLab is a lab of one host behind a router, with no etcd and no outside host.
+func oneHostLab(t *testing.T, host, router, addr string) *lab.Cluster {
+	t.Helper()
+	return newLab(t, &lab.Topology{
+		Segments: []lab.Segment{{Name: "s1", Router: netip.MustParsePrefix(router)}},
+		Hosts:    []lab.Host{{Name: host, Addr: netip.MustParsePrefix(addr), Segment: "s1"}},
+		MTU:      1500,
+	})
 }
 
 // firstLine returns the readiness line that starts with prefix.
@@ -165,12 +172,12 @@ func firstLine(t *testing.T, h *daemonHost, prefix string) string {
 // goes on once the address appears (interfaces configured late at boot).
 func TestAddressAppearsLater(t *testing.T) {
 	t.Parallel()
-	netnstest.RequireRoot(t)
-	host := netnstest.New(t, "e2elate")
-	peer := netnstest.New(t, "e2elatep")
-	h := newDaemonHost(t, "late", host.Name, netip.MustParsePrefix("10.78.0.2/24"), t.TempDir(), "http://10.78.0.1:2379")
-	cfg, _ := os.ReadFile(h.config)
-	os.WriteFile(h.config, []byte(strings.Replace(string(cfg), "  address: 10.78.0.2/24", "  autodetect: interface=^eth1$", 1)), 0o644)
+	requireRoot(t)
+	// The host's eth0 (10.78.1.2) is not the interface autodetection looks for; eth1, which
+	// appears later, is.
+	l := oneHostLab(t, "late", "10.78.1.1/24", "10.78.1.2/24")
+	host := l.Topo.HostNS("late")
+	h := newDaemonHost(t, l, "late", lab.TabbydOptions{LogLevel: "debug", Autodetect: "interface=^eth1$"})
 	h.start()
 
 	eventually(t, 20*time.Second, "readiness names the missing address", func() string {
@@ -183,7 +190,11 @@ func TestAddressAppearsLater(t *testing.T) {
 	if st, err := h.status(); err != nil || st.Ready || len(st.NotReady) == 0 || st.NodeAddress != "" {
 		t.Errorf("status while waiting for the address: %+v %v", st, err)
 	}
-	netnstest.Veth(t, host, "eth1", "10.78.0.2/24", peer, "eth1", "10.78.0.1/24")
+	// Both ends inside the host: eth1 gets the address, its peer only has to be up.
+	mustRun(t, host, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+	mustRun(t, host, "ip", "addr", "add", "10.78.0.2/24", "dev", "eth1")
+	mustRun(t, host, "ip", "link", "set", "eth1p", "up")
+	mustRun(t, host, "ip", "link", "set", "eth1", "up")
 	eventually(t, 30*time.Second, "the address is found", func() string {
 		st, err := h.status()
 		if err != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/namedns"
+	"github.com/tabby-net/tabby/internal/netnstest"
 	"github.com/tabby-net/tabby/lab"
 )
 
@@ -22,17 +24,15 @@ const poolName = "default-ipv4-ippool"
 // outside host behind the router that routes back only the hosts' subnet.
 type cluster struct {
 	t      *testing.T
+	lab    *lab.Cluster
 	topo   *lab.Topology
-	etcd   *etcdServer
 	client *datastore.Client
 	a, b   *daemonHost
 }
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	prefix := "tabby-e2e-" + randSuffix(t)
 	topo := &lab.Topology{
-		Prefix:   prefix,
 		Segments: []lab.Segment{{Name: "s1", Router: netip.MustParsePrefix("10.30.0.1/24")}},
 		Hosts: []lab.Host{
 			{Name: "host-a", Addr: netip.MustParsePrefix("10.30.0.10/24"), Segment: "s1"},
@@ -45,22 +45,22 @@ func newCluster(t *testing.T) *cluster {
 		},
 		MTU: 1500,
 	}
-	// Registered first, so it runs last: after every process inside is stopped.
-	t.Cleanup(func() {
-		if err := topo.Destroy(); err != nil {
-			t.Errorf("destroy lab: %v", err)
-		}
-	})
-	if err := topo.Build(); err != nil {
-		t.Fatalf("build lab: %v", err)
+	l := newLab(t, topo)
+	c := &cluster{t: t, lab: l, topo: topo}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.StartEtcd(ctx); err != nil {
+		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	c := &cluster{t: t, topo: topo}
-	c.etcd = startEtcd(t, topo.RouterNS(), netip.MustParseAddr("10.30.0.1"), dir)
-	c.client = c.etcd.client(t)
-
-	c.a = newDaemonHost(t, "host-a", topo.HostNS("host-a"), topo.Hosts[0].Addr, dir, c.etcd.endpoint)
-	c.b = newDaemonHost(t, "host-b", topo.HostNS("host-b"), topo.Hosts[1].Addr, dir, c.etcd.endpoint)
+	client, err := l.Datastore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	c.client = client
+	opts := lab.TabbydOptions{LogLevel: "debug", Labels: map[string]string{"e2e": "true"}}
+	c.a = newDaemonHost(t, l, "host-a", opts)
+	c.b = newDaemonHost(t, l, "host-b", opts)
 	return c
 }
 
@@ -106,16 +106,16 @@ func routeVia(h *daemonHost, addr netip.Addr) string {
 }
 
 // monitorRoutes records every route change in a namespace until cleanup.
-func monitorRoutes(t *testing.T, ns, dir, name string) *process {
+func monitorRoutes(t *testing.T, ns, dir, name string) *namedns.Process {
 	t.Helper()
-	p := startProcess(t, filepath.Join(dir, name+".log"), nil, ns, "ip", "-4", "monitor", "route")
+	p := netnstest.Start(t, ns, nil, filepath.Join(dir, name+".log"), "ip", "-4", "monitor", "route")
 	time.Sleep(100 * time.Millisecond) // let it subscribe
 	return p
 }
 
 // tabbyChanges returns the monitor lines about routes with tabby's protocol.
-func tabbyChanges(p *process) []string {
-	b, _ := os.ReadFile(p.log)
+func tabbyChanges(p *namedns.Process) []string {
+	b, _ := os.ReadFile(p.Log)
 	var out []string
 	for l := range strings.Lines(string(b)) {
 		if strings.Contains(l, "proto 95") {
@@ -131,7 +131,6 @@ func tabbyChanges(p *process) []string {
 // under 100 packets/s, an etcd outage, and `tabbyd cleanup`.
 func TestCluster(t *testing.T) {
 	requireRoot(t)
-	requireBin(t, "tabby-cni")
 	c := newCluster(t)
 	c.createPool()
 
@@ -189,11 +188,11 @@ func TestCluster(t *testing.T) {
 			if !st.Ready || st.Node != h.name || st.NodeAddress != h.addr.String() || len(st.Peers) != 1 || !st.Peers[0].Established || st.PodMTU != 1450 {
 				t.Errorf("%s status = %+v", h.name, st)
 			}
-			if !h.notify.wait("STATUS=Converged: 2 routes, 1 BGP peers up", 5*time.Second) {
-				t.Errorf("%s: no Converged STATUS line: %q", h.name, h.notify.all())
+			if !h.notify.Wait("STATUS=Converged: 2 routes, 1 BGP peers up", 5*time.Second) {
+				t.Errorf("%s: no Converged STATUS line: %q", h.name, h.notify.All())
 			}
-			if h == c.b && !h.notify.wait("WATCHDOG=1", 5*time.Second) {
-				t.Errorf("%s: no WATCHDOG=1 under WatchdogSec: %q", h.name, h.notify.all())
+			if h == c.b && !h.notify.Wait("WATCHDOG=1", 5*time.Second) {
+				t.Errorf("%s: no WATCHDOG=1 under WatchdogSec: %q", h.name, h.notify.All())
 			}
 			b, err := os.ReadFile(filepath.Join(h.dir, "rtprotos", "tabby.conf"))
 			if err != nil || strings.Join(strings.Fields(string(b)), " ") != "95 tabby" {
@@ -206,8 +205,8 @@ func TestCluster(t *testing.T) {
 	}
 
 	// Made with the test's own t: they live until the end of the whole test.
-	wa = addWorkload(t, c.a, c.topo.Prefix+"-wa")
-	wb = addWorkload(t, c.b, c.topo.Prefix+"-wb")
+	wa = addWorkload(t, c.a, "wa")
+	wb = addWorkload(t, c.b, "wb")
 	ok = t.Run("vxlan", func(t *testing.T) {
 		for _, p := range [][2]*workload{{wa, wb}, {wb, wa}} {
 			eventually(t, 20*time.Second, fmt.Sprintf("ping %s -> %s", p[0].addr, p[1].addr), func() string {
@@ -374,16 +373,18 @@ func TestCluster(t *testing.T) {
 		dir := t.TempDir()
 		before := c.a.tabbyRoutes()
 		mon := monitorRoutes(t, c.a.ns, dir, "monitor-a")
-		pinger := startProcess(t, filepath.Join(dir, "ping.log"), nil, wa.ns, "ping", "-n", "-q", "-i", "0.01", "-c", "400", "-W", "1", wb.addr.String())
+		pinger := netnstest.Start(t, wa.ns, nil, filepath.Join(dir, "ping.log"), "ping", "-n", "-q", "-i", "0.01", "-c", "400", "-W", "1", wb.addr.String())
 		time.Sleep(time.Second)
-		c.a.proc.kill()
+		if err := c.a.proc.Kill(); err != nil {
+			t.Fatal(err)
+		}
 		c.a.start()
 		select {
-		case <-pinger.done:
+		case <-pinger.Done():
 		case <-time.After(30 * time.Second):
 			t.Fatal("ping did not finish")
 		}
-		b, _ := os.ReadFile(pinger.log)
+		b, _ := os.ReadFile(pinger.Log)
 		sent, received := pingLoss(string(b))
 		t.Logf("ping at 100/s across kill -9 and restart: %d sent, %d received", sent, received)
 		if sent != 400 || received != sent {
@@ -404,12 +405,12 @@ func TestCluster(t *testing.T) {
 		const outage = 30 * time.Second
 		dir := t.TempDir()
 		before := map[string][]string{}
-		mons := map[string]*process{}
+		mons := map[string]*namedns.Process{}
 		for _, h := range c.hosts() {
 			before[h.name] = h.tabbyRoutes()
 			mons[h.name] = monitorRoutes(t, h.ns, dir, "monitor-"+h.name)
 		}
-		c.etcd.proc.stop(t, syscall.SIGTERM, 15*time.Second)
+		stop(t, c.lab.Process("etcd"), syscall.SIGTERM, 15*time.Second)
 		stopped := time.Now()
 		noticed := eventually(t, 30*time.Second, "readiness reports the datastore", func() string {
 			code, body := c.a.readiness()
@@ -422,7 +423,11 @@ func TestCluster(t *testing.T) {
 			t.Errorf("workloads cut off while etcd is down: %s", out)
 		}
 		time.Sleep(time.Until(stopped.Add(outage)))
-		c.etcd.start()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.lab.StartEtcd(ctx); err != nil {
+			t.Fatal(err)
+		}
 		restarted := time.Now()
 		back := eventually(t, 60*time.Second, "both ready again", func() string {
 			for _, h := range c.hosts() {
@@ -454,7 +459,7 @@ func TestCluster(t *testing.T) {
 			t.Errorf("cleanup while tabbyd runs: %v %s", err, out)
 		}
 		before := c.a.tabbyRoutes()
-		if code := c.a.proc.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
+		if code := stop(t, c.a.proc.Process, syscall.SIGTERM, 15*time.Second); code != 0 {
 			t.Errorf("exit code after SIGTERM = %d", code)
 		}
 		if after := c.a.tabbyRoutes(); !slices.Equal(before, after) || len(after) == 0 {

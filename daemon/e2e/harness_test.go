@@ -1,21 +1,16 @@
 // Package e2e holds tabbyd's end-to-end tests: real tabbyd processes, each inside a network
-// namespace the test made, against a real etcd that also runs inside a namespace, with
-// workloads made by the real tabby-cni binary. Nothing here touches the root namespace's
-// routes, addresses, links or firewall: the test process reaches etcd and the daemons'
-// HTTP endpoints by creating its sockets inside their namespaces.
+// namespace of a lab (package lab, the one harness) the test made, against a real etcd that
+// also runs inside a namespace, with workloads made by the real tabby-cni binary. Nothing
+// here touches the root namespace's routes, addresses, links or firewall: the test process
+// reaches etcd and the daemons' HTTP endpoints by creating its sockets inside their
+// namespaces.
 package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -27,16 +22,15 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-
-	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/namedns"
+	"github.com/tabby-net/tabby/internal/netnstest"
 	"github.com/tabby-net/tabby/internal/statusapi"
+	"github.com/tabby-net/tabby/lab"
+	"github.com/tabby-net/tabby/lab/labtest"
 )
 
-// binDir holds the binaries TestMain built for this test binary: tabbyd always, tabby-cni
-// when the module has it.
+// binDir holds the binaries TestMain built for this test binary: tabbyd, tabby-cni and
+// tabbylab (whose embedded etcd the lab runs).
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -46,17 +40,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, cmd := range []string{"tabbyd", "tabby-cni"} {
-		pkg := "github.com/tabby-net/tabby/cmd/" + cmd
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), pkg).CombinedOutput()
-		if err != nil {
-			if cmd == "tabbyd" {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", cmd, err, out)
-				os.RemoveAll(dir)
-				os.Exit(1)
-			}
-			fmt.Fprintf(os.Stderr, "note: %s not built (%v): tests that need it are skipped\n", cmd, err)
-		}
+	args := []string{"build", "-o", dir + "/"}
+	for _, cmd := range []string{"tabbyd", "tabby-cni", "tabbylab"} {
+		args = append(args, "github.com/tabby-net/tabby/cmd/"+cmd)
+	}
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go %s: %v\n%s", strings.Join(args, " "), err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -65,57 +56,24 @@ func TestMain(m *testing.M) {
 
 func bin(name string) string { return filepath.Join(binDir, name) }
 
-// requireBin fails a test whose binary TestMain did not build: every program of tabby
-// exists, so a missing one is a broken build, not a reason to test less.
-func requireBin(t *testing.T, name string) {
-	t.Helper()
-	if _, err := os.Stat(bin(name)); err != nil {
-		t.Fatalf("%s was not built: %v", name, err)
-	}
-}
-
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	for _, tool := range []string{"ip", "etcd", "ping", "iptables", "ipset"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps installs it)", tool)
-		}
-	}
+	netnstest.RequireRoot(t, "ping", "iptables", "ipset")
 }
 
-func randSuffix(t testing.TB) string {
-	b := make([]byte, 3)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
+// newLab makes a lab on topo for this test (removed at cleanup) and builds its namespaces.
+func newLab(t *testing.T, topo *lab.Topology) *lab.Cluster {
+	t.Helper()
+	c := labtest.New(t, &lab.Cluster{Topo: topo}, labtest.Options{Purpose: "e2e", BinDir: binDir})
+	if err := topo.Build(); err != nil {
+		t.Fatalf("build lab: %v", err)
 	}
-	return hex.EncodeToString(b)
-}
-
-// inNS runs fn on an OS thread inside the named network namespace. Sockets created by fn
-// belong to that namespace for their whole life, whichever thread uses them later.
-func inNS(name string, fn func() error) error { return namedns.Do(name, fn) }
-
-// nsDialer dials TCP from inside a namespace.
-func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := inNS(ns, func() error {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			conn = c
-			return err
-		})
-		return conn, err
-	}
+	return c
 }
 
 // run runs a command inside a namespace and returns its combined output.
 func run(ctx context.Context, ns string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
-	out, err := cmd.CombinedOutput()
+	out, err := namedns.CommandContext(ctx, ns, args[0], args[1:]...).CombinedOutput()
 	return string(out), err
 }
 
@@ -147,187 +105,58 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() st
 	}
 }
 
-// process is a command started by a test, stopped by PID at cleanup whatever happens.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	log  string
-}
-
-func startProcess(t *testing.T, logFile string, env []string, ns string, args ...string) *process {
+// stop sends sig to a process and waits up to timeout for the exit; it returns the exit
+// code and fails the test when the process had to be killed.
+func stop(t *testing.T, p *namedns.Process, sig syscall.Signal, timeout time.Duration) int {
 	t.Helper()
-	f, err := os.Create(logFile)
-	if err != nil {
+	if err := p.Stop(sig, timeout); err != nil {
 		t.Fatal(err)
 	}
-	// `ip netns exec` execs the program: the PID is the program's.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", strings.Join(args, " "), err)
-	}
-	p := &process{cmd: cmd, done: make(chan struct{}), log: logFile}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() { p.kill() })
-	return p
+	return p.ExitCode()
 }
 
-// kill stops the process with SIGKILL and waits for it.
-func (p *process) kill() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// signal sends sig and waits up to timeout for the exit; it returns the exit code.
-func (p *process) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) int {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %v: %v", sig, err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		t.Fatalf("process %d did not exit within %s of %v", p.cmd.Process.Pid, timeout, sig)
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
-// tail returns the last lines of the process's log, for failure messages.
-func (p *process) tail(n int) string {
-	b, _ := os.ReadFile(p.log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// etcdServer is Debian's etcd binary running inside a namespace.
-type etcdServer struct {
-	t        *testing.T
-	ns       string
-	dir      string
-	endpoint string
-	listen   netip.Addr
-	proc     *process
-}
-
-func startEtcd(t *testing.T, ns string, listen netip.Addr, dir string) *etcdServer {
-	t.Helper()
-	e := &etcdServer{t: t, ns: ns, dir: dir, listen: listen, endpoint: "http://" + net.JoinHostPort(listen.String(), "2379")}
-	e.start()
-	return e
-}
-
-func (e *etcdServer) start() {
-	e.t.Helper()
-	peer := "http://127.0.0.1:2380"
-	e.proc = startProcess(e.t, filepath.Join(e.dir, "etcd.log"), nil, e.ns, "etcd",
-		"--name", "e2e", "--data-dir", filepath.Join(e.dir, "etcd"),
-		"--listen-client-urls", e.endpoint, "--advertise-client-urls", e.endpoint,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "e2e="+peer,
-		"--heartbeat-interval", "10", "--election-timeout", "100",
-		"--logger", "zap", "--log-level", "error")
-}
-
-// client connects to etcd from inside its namespace.
-func (e *etcdServer) client(t *testing.T) *datastore.Client {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{e.endpoint},
-		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return nsDialer(e.ns)(ctx, "tcp", addr)
-		})},
-	})
-	if err != nil {
-		t.Fatalf("etcd client: %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	c := datastore.NewFromEtcd(cli, "")
-	eventually(t, 30*time.Second, "etcd answers", func() string {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		if _, _, err := c.List(ctx, "/calico/ipam/v2/config"); err != nil {
-			return err.Error() + "\n" + e.proc.tail(10)
-		}
-		return ""
-	})
-	return c
-}
-
-// daemonHost is one host of the lab with its tabbyd.
+// daemonHost is one host of a lab with its tabbyd, as the tests drive it.
 type daemonHost struct {
-	t      *testing.T
-	name   string
-	ns     string
-	addr   netip.Prefix
-	dir    string
+	t    *testing.T
+	lab  *lab.Cluster
+	name string
+	ns   string
+	addr netip.Prefix
+	dir  string
+	opts lab.TabbydOptions
+	// config is the path of its tabbyd.yaml, written at each start.
 	config string
-	etcd   string
-	proc   *process
-	notify *notifyListener
+	proc   *lab.Tabbyd
+	notify *lab.Notifications
 }
 
-func newDaemonHost(t *testing.T, name, ns string, addr netip.Prefix, dir, etcdEndpoint string) *daemonHost {
+func newDaemonHost(t *testing.T, c *lab.Cluster, name string, opts lab.TabbydOptions) *daemonHost {
 	t.Helper()
-	h := &daemonHost{t: t, name: name, ns: ns, addr: addr, dir: filepath.Join(dir, name), etcd: etcdEndpoint}
-	for _, d := range []string{"data", "run", "secrets", "rtprotos"} {
-		if err := os.MkdirAll(filepath.Join(h.dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
+	h, ok := c.Topo.Host(name)
+	if !ok {
+		t.Fatalf("no host %s in the lab", name)
 	}
-	h.config = filepath.Join(h.dir, "tabbyd.yaml")
-	cfg := fmt.Sprintf(`nodeName: %s
-etcd:
-  endpoints: [%q]
-ipv4:
-  address: %s
-labels:
-  e2e: "true"
-dataDir: %s
-runDir: %s
-statusSocket: %s
-bgp:
-  secretsDir: %s
-health:
-  listen: "127.0.0.1:9099"
-metrics:
-  listen: "127.0.0.1:9091"
-logLevel: debug
-`, name, etcdEndpoint, addr, filepath.Join(h.dir, "data"), filepath.Join(h.dir, "run"), h.socket(), filepath.Join(h.dir, "secrets"))
-	if err := os.WriteFile(h.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return h
+	return &daemonHost{t: t, lab: c, name: name, ns: c.Topo.HostNS(name), addr: h.Addr, dir: c.HostDir(name),
+		opts: opts, config: c.TabbydConfigPath(name)}
 }
 
-func (h *daemonHost) socket() string { return filepath.Join(h.dir, "run", "tabbyd.sock") }
+func (h *daemonHost) socket() string { return h.lab.StatusSocket(h.name) }
 
 // start runs tabbyd inside the host's namespace, with a NOTIFY_SOCKET the test listens on
 // and any extra environment variables.
 func (h *daemonHost) start(env ...string) {
 	h.t.Helper()
-	h.notify = listenNotify(h.t, filepath.Join(h.dir, fmt.Sprintf("notify-%s.sock", randSuffix(h.t))))
-	h.proc = startProcess(h.t, filepath.Join(h.dir, fmt.Sprintf("tabbyd-%d.log", time.Now().UnixNano())),
-		append([]string{"NOTIFY_SOCKET=" + h.notify.path}, env...), h.ns,
-		bin("tabbyd"), "run", "--config", h.config, "--rt-protos-dir", filepath.Join(h.dir, "rtprotos"))
+	o := h.opts
+	o.Env = append(slices.Clone(o.Env), env...)
+	o.Notify = true
+	d, err := h.lab.StartTabbyd(h.name, o)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.proc, h.notify = d, d.Notify
 	h.t.Cleanup(func() {
-		if h.t.Failed() && h.proc != nil {
-			h.t.Logf("tabbyd on %s, last log lines:\n%s", h.name, h.proc.tail(40))
+		if h.t.Failed() {
+			h.t.Logf("tabbyd on %s, last log lines:\n%s", h.name, d.Tail(40))
 		}
 	})
 }
@@ -336,22 +165,17 @@ func (h *daemonHost) start(env ...string) {
 func (h *daemonHost) waitReady(timeout time.Duration) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	if !h.notify.wait("READY=1", timeout) {
-		h.t.Fatalf("tabbyd on %s: no READY=1 within %s; notifications %q; log:\n%s", h.name, timeout, h.notify.all(), h.proc.tail(40))
+	if !h.notify.Wait("READY=1", timeout) {
+		h.t.Fatalf("tabbyd on %s: no READY=1 within %s; notifications %q; log:\n%s", h.name, timeout, h.notify.All(), h.proc.Tail(40))
 	}
 	return time.Since(start)
 }
 
 // get fetches a URL of the daemon's HTTP endpoints from inside its namespace.
 func (h *daemonHost) get(url string) (int, string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsDialer(h.ns), DisableKeepAlives: true}}
-	resp, err := client.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return h.lab.HTTPGet(ctx, h.name, url)
 }
 
 func (h *daemonHost) readiness() (int, string) {
@@ -364,9 +188,11 @@ func (h *daemonHost) readiness() (int, string) {
 
 func (h *daemonHost) metrics() string {
 	h.t.Helper()
-	code, body, err := h.get("http://127.0.0.1:9091/metrics")
-	if err != nil || code != 200 {
-		h.t.Fatalf("GET /metrics on %s: %d %v", h.name, code, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	body, err := h.lab.Metrics(ctx, h.name)
+	if err != nil {
+		h.t.Fatal(err)
 	}
 	return body
 }
@@ -391,124 +217,22 @@ func (h *daemonHost) tabbyRoutes() []string {
 	return routes
 }
 
-// notifyListener plays systemd: it receives sd_notify datagrams.
-type notifyListener struct {
-	path string
-	conn *net.UnixConn
-
-	mu   sync.Mutex
-	msgs []string
-	cond *sync.Cond
+// workload is a network namespace plugged in by tabby-cni.
+type workload struct {
+	ns   string
+	addr netip.Addr
 }
 
-func listenNotify(t *testing.T, path string) *notifyListener {
+// addWorkload plugs a workload named name into the host with the lab's tabby-cni.
+func addWorkload(t *testing.T, h *daemonHost, name string) *workload {
 	t.Helper()
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addr, err := h.lab.AddWorkload(ctx, lab.Workload{Name: name, Host: h.name})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &notifyListener{path: path, conn: c}
-	n.cond = sync.NewCond(&n.mu)
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.cond.Broadcast()
-			n.mu.Unlock()
-		}
-	}()
-	return n
-}
-
-// wait reports whether a notification containing the line want arrives within timeout.
-func (n *notifyListener) wait(want string, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		for _, m := range n.all() {
-			for l := range strings.Lines(m) {
-				if strings.TrimSpace(l) == want {
-					return true
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (n *notifyListener) all() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.msgs)
-}
-
-// workload is a network namespace plugged in by tabby-cni.
-type workload struct {
-	ns          string
-	containerID string
-	addr        netip.Addr
-	host        *daemonHost
-}
-
-// addWorkload creates a namespace and runs tabby-cni ADD for it inside the host's
-// namespace, exactly as a CNI runtime does: CNI_* variables and the configuration on stdin.
-func addWorkload(t *testing.T, h *daemonHost, ns string) *workload {
-	t.Helper()
-	requireBin(t, "tabby-cni")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("netns add %s: %v: %s", ns, err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	w := &workload{ns: ns, containerID: "e2e" + randSuffix(t) + randSuffix(t), host: h}
-	res, err := w.cni(ctx, "ADD")
-	if err != nil {
-		t.Fatalf("tabby-cni ADD on %s: %v", h.name, err)
-	}
-	var result struct {
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal([]byte(res), &result); err != nil || len(result.IPs) == 0 {
-		t.Fatalf("tabby-cni ADD result %q: %v", res, err)
-	}
-	p, err := netip.ParsePrefix(result.IPs[0].Address)
-	if err != nil {
-		t.Fatalf("tabby-cni address %q: %v", result.IPs[0].Address, err)
-	}
-	w.addr = p.Addr()
-	return w
-}
-
-func (w *workload) cni(ctx context.Context, command string) (string, error) {
-	h := w.host
-	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tabby","type":"tabby-cni","etcd_endpoints":%q,"nodename":%q,"mtu":0,"data_dir":%q,"run_dir":%q}`,
-		h.etcd, h.name, filepath.Join(h.dir, "data"), filepath.Join(h.dir, "run"))
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns, bin("tabby-cni"))
-	cmd.Env = append(os.Environ(),
-		"CNI_COMMAND="+command,
-		"CNI_CONTAINERID="+w.containerID,
-		"CNI_NETNS=/run/netns/"+w.ns,
-		"CNI_IFNAME=eth0",
-		"CNI_PATH="+binDir,
-	)
-	cmd.Stdin = strings.NewReader(conf)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%v: %s %s", err, stdout.String(), stderr.String())
-	}
-	return stdout.String(), nil
+	return &workload{ns: h.lab.PodNS(name), addr: addr}
 }
 
 // ping sends count pings and reports whether all came back.
@@ -541,7 +265,7 @@ type icmpSources struct {
 func listenICMP(t *testing.T, ns string) *icmpSources {
 	t.Helper()
 	s := &icmpSources{seen: map[netip.Addr]int{}}
-	if err := inNS(ns, func() error {
+	if err := namedns.Do(ns, func() error {
 		c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
 		s.conn = c
 		return err

@@ -54,11 +54,15 @@ func Create(name string) error {
 	return nil
 }
 
-// Delete removes a named namespace; a missing one is not an error. Links inside it die with
-// it once no process holds it.
+// Delete removes a named namespace: its bind mount and the file under Dir. A missing one
+// is not an error, nor is a file whose mount is gone already. Links inside it die with it
+// once no process holds it.
 func Delete(name string) error {
-	err := netns.DeleteNamed(name)
-	if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+	path := Path(name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete network namespace %s: unmount: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete network namespace %s: %w", name, err)
 	}
 	return nil

@@ -208,18 +208,18 @@ func (l *LAN) Attach(t testing.TB, host *NS, ifname string, cidrs ...string) {
 	host.Run(t, "ip", "link", "set", ifname, "up")
 }
 
-// Start runs a program inside ns with extra environment, its output appended to logFile.
-// The test's cleanup kills it (by its PID) if it still runs, and fails the test if it
-// cannot.
-func Start(t testing.TB, ns *NS, env []string, logFile string, args ...string) *namedns.Process {
+// Start runs a program inside the named namespace (one of the test's, or of a lab the test
+// made) with extra environment, its output appended to logFile. The test's cleanup kills it
+// (by its PID) if it still runs, and fails the test if it cannot.
+func Start(t testing.TB, ns string, env []string, logFile string, args ...string) *namedns.Process {
 	t.Helper()
-	p, err := namedns.Start(namedns.ProcessOptions{Namespace: ns.Name, Log: logFile, Env: env}, args[0], args[1:]...)
+	p, err := namedns.Start(namedns.ProcessOptions{Namespace: ns, Log: logFile, Env: env}, args[0], args[1:]...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := p.Kill(); err != nil {
-			t.Errorf("stop %s in %s: %v", args[0], ns.Name, err)
+			t.Errorf("stop %s in %s: %v", args[0], ns, err)
 		}
 	})
 	return p
