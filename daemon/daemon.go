@@ -64,6 +64,9 @@ type daemon struct {
 	// peerStatusStale is how long an unanswered read of the BGP session table may take
 	// before readiness says so: the constant of that name; tests shorten it.
 	peerStatusStale time.Duration
+	// speakerStopGrace is how long shutdown waits for the BGP speaker: the constant of
+	// that name; tests shorten it.
+	speakerStopGrace time.Duration
 
 	// Set once at start.
 	nodeName string
@@ -92,16 +95,17 @@ func newDaemon(cfg *Config, log *slog.Logger, opts Options, dp dataplane) *daemo
 		opts.RTProtosDir = DefaultRTProtosDir
 	}
 	d := &daemon{
-		cfg:             cfg,
-		opts:            opts,
-		log:             log,
-		health:          health.New(),
-		metrics:         metrics.New(),
-		notify:          sdnotify.New(log),
-		started:         time.Now(),
-		dataplane:       dp,
-		peerStatusStale: peerStatusStale,
-		status:          statusapi.Status{Version: version.Version, Peers: []statusapi.Peer{}},
+		cfg:              cfg,
+		opts:             opts,
+		log:              log,
+		health:           health.New(),
+		metrics:          metrics.New(),
+		notify:           sdnotify.New(log),
+		started:          time.Now(),
+		dataplane:        dp,
+		peerStatusStale:  peerStatusStale,
+		speakerStopGrace: speakerStopGrace,
+		status:           statusapi.Status{Version: version.Version, Peers: []statusapi.Peer{}},
 	}
 	d.health.Set(partStartup, "not converged yet")
 	return d

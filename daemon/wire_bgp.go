@@ -27,6 +27,11 @@ const (
 	// peerStatusStale is how long a read may stay unanswered before readiness says
 	// that the BGP speaker does not answer.
 	peerStatusStale = 10 * time.Second
+	// speakerStopGrace is how long shutdown waits for the speaker's Run once the daemon's
+	// context ended. Run returns between two GoBGP calls, and a GoBGP call does not end
+	// with its caller's context: a stuck GoBGP must not keep tabbyd from exiting, which
+	// ends its sessions as a graceful restart would.
+	speakerStopGrace = 5 * time.Second
 )
 
 // bgpSub feeds the BGP speaker (SPEC §7). The speaker is started only once some BGP is
@@ -106,8 +111,29 @@ func (s *bgpSub) update(snap *datastore.Snapshot) {
 func (s *bgpSub) start() {
 	s.speaker = s.d.dataplane.speaker(s.d)
 	s.d.log.Info("BGP needed: starting the speaker")
-	s.g.Go("bgp speaker", s.speaker.Run)
+	s.g.Go("bgp speaker", s.runSpeaker)
 	s.g.Go("bgp learned routes", s.forwardLearned)
+}
+
+// runSpeaker runs the speaker until ctx ends, and waits for it then at most
+// speakerStopGrace; a speaker that does not stop by then is left behind, and logged.
+func (s *bgpSub) runSpeaker(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.speaker.Run(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	grace := time.NewTimer(s.d.speakerStopGrace)
+	defer grace.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-grace.C:
+		s.d.log.Warn("the BGP speaker did not stop in time (GoBGP not answering); exiting without it", "waited", s.d.speakerStopGrace)
+		return nil
+	}
 }
 
 // forwardLearned keeps the latest learned routes (outside every pool) for the routing

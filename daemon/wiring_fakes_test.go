@@ -129,9 +129,9 @@ func (f *fakeNAT) converge() {
 	close(f.synced)
 }
 
-// fakeSpeaker reports every peer it was given as established, or, once blocked, never
-// answers a Status call at all, ignoring its context as GoBGP does while its management
-// loop is busy.
+// fakeSpeaker reports every peer it was given as established, or, once blocked, is stuck
+// as GoBGP is when its management loop does not answer: Status never returns and Run does
+// not return when its context ends, both until the test ends.
 type fakeSpeaker struct {
 	learned chan []bgp.LearnedRoute
 	// release ends every blocked Status call; closed by the test's cleanup.
@@ -149,6 +149,12 @@ func newFakeSpeaker() *fakeSpeaker {
 
 func (f *fakeSpeaker) Run(ctx context.Context) error {
 	<-ctx.Done()
+	f.mu.Lock()
+	blocked := f.blocked
+	f.mu.Unlock()
+	if blocked {
+		<-f.release
+	}
 	return nil
 }
 
@@ -177,7 +183,7 @@ func (f *fakeSpeaker) Status(context.Context) []statusapi.Peer {
 	return out
 }
 
-// block makes every later Status call hang until the test ends.
+// block makes every later Status call, and Run's return, wait until the test ends.
 func (f *fakeSpeaker) block() {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -374,13 +374,15 @@ func TestWiringFailingSubsystems(t *testing.T) {
 	}
 }
 
-// TestWiringStuckSpeaker: a BGP speaker whose status call never returns (GoBGP's
-// management loop stuck) stalls neither the main loop nor liveness nor shutdown; readiness
-// says that the speaker does not answer.
+// TestWiringStuckSpeaker: a BGP speaker that is stuck (GoBGP's management loop does not
+// answer: the status call never returns, Run does not end with its context) stalls
+// neither the main loop nor liveness nor shutdown; readiness says that the speaker does
+// not answer.
 func TestWiringStuckSpeaker(t *testing.T) {
 	w := startWiring(t, func(w *wiringTest) {
 		w.addOtherNode()
 		w.d.peerStatusStale = 300 * time.Millisecond
+		w.d.speakerStopGrace = 300 * time.Millisecond
 	})
 	w.nat.converge()
 	w.routes.converge(1)
