@@ -11,7 +11,7 @@ import (
 // table of their own: nobody wants an object for itself, only the routes that use it, so
 // an object is created with the first route that needs it (in the same request) and
 // deleted with the last (also in one request), its users counted as the record's routes
-// come and go. Ids are allocated by tabby, never one another protocol's object holds.
+// come and go. tabby picks their ids itself, never one another protocol's object holds.
 
 // nhKey is what a nexthop object of tabby's holds: a gateway on a device. tabby keeps one
 // object per distinct next hop and shares it between every route through that gateway.
