@@ -137,7 +137,7 @@ func objectMembers(stored jsontext.Value) ([]member, bool) {
 		if err != nil {
 			return nil, false
 		}
-		out = append(out, member{name: name, value: slices.Clone(val)})
+		out = append(out, member{name: name, value: inputSpan(stored, dec, len(val))})
 	}
 	return out, true
 }
@@ -157,9 +157,16 @@ func arrayElements(stored jsontext.Value) []jsontext.Value {
 		if err != nil {
 			return nil
 		}
-		out = append(out, slices.Clone(val))
+		out = append(out, inputSpan(stored, dec, len(val)))
 	}
 	return out
+}
+
+// inputSpan returns the n bytes the decoder just read, as a slice of its input (the
+// decoder's own copy is valid only until its next read).
+func inputSpan(in []byte, dec *jsontext.Decoder, n int) jsontext.Value {
+	end := int(dec.InputOffset())
+	return jsontext.Value(in[end-n : end : end])
 }
 
 // field is one JSON member a struct type models.
@@ -327,15 +334,25 @@ func overlaySlice(buf *bytes.Buffer, stored jsontext.Value, v reflect.Value) err
 		buf.WriteString("null")
 		return nil
 	}
+	// The plain encoding of the whole slice, once: most writes leave a slice as it was
+	// stored, and then it is written as stored.
+	all, err := json.Marshal(v.Interface())
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", v.Type(), err)
+	}
+	if bytes.Equal(all, stored) || appended(stored, all) {
+		buf.Write(all)
+		return nil
+	}
 	olds := arrayElements(stored)
+	if len(olds) == 0 {
+		buf.Write(all)
+		return nil
+	}
 	n := v.Len()
-	plain := make([][]byte, n)
-	for i := range n {
-		var b bytes.Buffer
-		if err := overlayValue(&b, nil, v.Index(i)); err != nil {
-			return err
-		}
-		plain[i] = b.Bytes()
+	plain := arrayElements(all)
+	if len(plain) != n {
+		return fmt.Errorf("encode %s: %d elements encode as %d", v.Type(), n, len(plain))
 	}
 	source := matchElements(olds, plain, v.Type().Elem())
 	buf.WriteByte('[')
@@ -359,11 +376,19 @@ func overlaySlice(buf *bytes.Buffer, stored jsontext.Value, v reflect.Value) err
 	return nil
 }
 
+// appended reports whether array all is array stored with elements added at its end
+// (what an assignment does to a block's attributes): the stored elements are then all
+// still there, unchanged, and have nothing of anyone else's.
+func appended(stored, all []byte) bool {
+	n := len(stored)
+	return n > 2 && len(all) > n && stored[n-1] == ']' && all[n-1] == ',' && bytes.Equal(all[:n-1], stored[:n-1])
+}
+
 // matchElements finds, for each new element (given as its plain encoding), the index of
 // the stored element it came from, or -1: first the stored elements whose owned fields
 // encode the same (byte-identical ones need no decoding), preferring the same position;
 // then, for the rest, the stored element at the same position if nothing else took it.
-func matchElements(olds []jsontext.Value, plain [][]byte, elem reflect.Type) []int {
+func matchElements(olds, plain []jsontext.Value, elem reflect.Type) []int {
 	source := make([]int, len(plain))
 	for i := range source {
 		source[i] = -1
