@@ -8,6 +8,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tabby-net/tabby/internal/backoff"
 )
 
 // The one read-modify-write of a stored document (SPEC §2 and §2a). Every write that
@@ -25,10 +27,12 @@ var ErrTooManyConflicts = errors.New("too many conflicting writes")
 type Retry struct {
 	// Attempts is the number of tries, at least 1.
 	Attempts int
-	// Pause, when set, is slept before attempt n (n ≥ 1; attempt 0 runs at once).
-	Pause func(attempt int) time.Duration
+	// Backoff, when its Min is set, paces the attempts after a refusal (each Do starts
+	// from a fresh copy). Zero: retry at once.
+	Backoff backoff.Backoff
 	// Refused reports whether an attempt's error is a refused compare-and-swap. Nil means
-	// errors.Is(err, ErrConflict).
+	// errors.Is(err, ErrConflict). An inner loop that gave up (ErrTooManyConflicts) is
+	// never retried by an outer one.
 	Refused func(error) bool
 }
 
@@ -48,8 +52,8 @@ func (r Retry) Do(ctx context.Context, what string, attempt func(ctx context.Con
 	n := max(r.Attempts, 1)
 	var last error
 	for i := range n {
-		if i > 0 && r.Pause != nil {
-			t := time.NewTimer(r.Pause(i))
+		if i > 0 && r.Backoff.Min > 0 {
+			t := time.NewTimer(r.Backoff.Next())
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -58,7 +62,7 @@ func (r Retry) Do(ctx context.Context, what string, attempt func(ctx context.Con
 			}
 		}
 		last = attempt(ctx)
-		if last == nil || !refused(last) {
+		if last == nil || errors.Is(last, ErrTooManyConflicts) || !refused(last) {
 			return last
 		}
 	}

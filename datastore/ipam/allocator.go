@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/tabby-net/tabby/datastore"
+	"github.com/tabby-net/tabby/internal/backoff"
 )
 
 // Sentinel errors. Errors returned by the Allocator wrap them with context; test them with
@@ -30,8 +30,8 @@ var (
 	// ErrNotAssigned: the address is not allocated.
 	ErrNotAssigned = errors.New("address not assigned")
 	// ErrTooManyConflicts: the bounded compare-and-swap retries ran out; etcd is too
-	// contended at the moment.
-	ErrTooManyConflicts = errors.New("too many concurrent IPAM updates")
+	// contended at the moment. It is the datastore's, which every retry loop returns.
+	ErrTooManyConflicts = datastore.ErrTooManyConflicts
 )
 
 // maxRetries bounds every compare-and-swap loop (Calico uses 100). Conflicts between the
@@ -130,17 +130,17 @@ func (a *Allocator) step(ctx context.Context, name string) {
 	}
 }
 
-// backoff waits a short random time that grows with the attempt number, so that writers
-// that just collided do not collide again in lock step.
-func backoff(ctx context.Context, attempt int) error {
-	limit := time.Duration(1<<min(attempt, 6)) * 100 * time.Microsecond // up to 6.4 ms
-	t := time.NewTimer(rand.N(limit) + 50*time.Microsecond)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-t.C:
-		return nil
+// casRetry is the policy of every IPAM compare-and-swap loop: maxRetries attempts, any
+// refused compare-and-swap (a conflict, a key created or deleted meanwhile) retried after
+// a short random pause that grows with the attempts, so that writers that just collided
+// do not collide again in lock step. The pauses are far shorter than the reconcilers'
+// (internal/backoff's defaults): IPAM writers collide within one etcd round trip (about
+// a millisecond), and an assignment waits for them.
+func casRetry() datastore.Retry {
+	return datastore.Retry{
+		Attempts: maxRetries,
+		Backoff:  backoff.Backoff{Min: 100 * time.Microsecond, Max: 6400 * time.Microsecond, Jitter: true},
+		Refused:  casRefused,
 	}
 }
 

@@ -83,17 +83,16 @@ func (a *Allocator) assign(ctx context.Context, args AssignArgs) (netip.Addr, er
 	}
 	secondary[AttrNode] = args.Node
 
-	for attempt := range maxRetries {
-		ip, err := a.assignPass(ctx, args, secondary)
-		if err == nil || !casRefused(err) {
-			return ip, err
+	var ip netip.Addr
+	err := casRetry().Do(ctx, "assign", func(ctx context.Context) error {
+		var err error
+		ip, err = a.assignPass(ctx, args, secondary)
+		if casRefused(err) {
+			a.log.Debug("assignment lost a race, trying again", "handle", args.Handle, "node", args.Node, "error", err)
 		}
-		a.log.Debug("assignment lost a race, trying again", "handle", args.Handle, "node", args.Node, "error", err)
-		if err := backoff(ctx, attempt); err != nil {
-			return netip.Addr{}, err
-		}
-	}
-	return netip.Addr{}, ErrTooManyConflicts
+		return err
+	})
+	return ip, err
 }
 
 // assignPass is one attempt on fresh data. A refused compare-and-swap error means "read
@@ -291,30 +290,30 @@ var errBlockFull = errors.New("block is full")
 // to args.Node (a block whose affinity was released meanwhile is not borrowed by accident).
 // knownHandle, when not nil, is the handle as read before (saves one read).
 func (a *Allocator) assignFromBlock(ctx context.Context, sb storedBlock, args AssignArgs, secondary map[string]string, knownHandle *storedHandle, affine bool) (netip.Addr, error) {
-	for attempt := range maxRetries {
-		if affine && sb.b.AffinityHost() != args.Node {
-			return netip.Addr{}, errBlockFull
-		}
-		ip, err := a.assignOnce(ctx, sb, args.Handle, secondary, knownHandle, args.reserved)
-		knownHandle = nil
-		if err == nil || !errors.Is(err, datastore.ErrConflict) {
-			if errors.Is(err, datastore.ErrNotFound) {
-				return netip.Addr{}, errBlockFull // the block was released meanwhile
+	var ip netip.Addr
+	retry := casRetry()
+	retry.Refused = func(err error) bool { return errors.Is(err, datastore.ErrConflict) }
+	reread := false
+	err := retry.Do(ctx, "block "+sb.cidr.String(), func(ctx context.Context) error {
+		if reread {
+			var err error
+			if sb, err = a.getBlock(ctx, sb.cidr); err != nil {
+				return err
 			}
-			return ip, err
 		}
-		if err := backoff(ctx, attempt); err != nil {
-			return netip.Addr{}, err
+		reread = true
+		if affine && sb.b.AffinityHost() != args.Node {
+			return errBlockFull
 		}
-		sb, err = a.getBlock(ctx, sb.cidr)
-		if errors.Is(err, datastore.ErrNotFound) {
-			return netip.Addr{}, errBlockFull
-		}
-		if err != nil {
-			return netip.Addr{}, err
-		}
+		var err error
+		ip, err = a.assignOnce(ctx, sb, args.Handle, secondary, knownHandle, args.reserved)
+		knownHandle = nil
+		return err
+	})
+	if errors.Is(err, datastore.ErrNotFound) {
+		return netip.Addr{}, errBlockFull // the block was released meanwhile
 	}
-	return netip.Addr{}, fmt.Errorf("block %s: %w", sb.cidr, ErrTooManyConflicts)
+	return ip, err
 }
 
 // assignOnce is one compare-and-swap attempt on one block: count the address in the handle,
@@ -361,40 +360,38 @@ func (a *Allocator) assignOnce(ctx context.Context, sb storedBlock, handle strin
 // creating the handle on first use and deleting it when it counts nothing. It returns the
 // handle as stored.
 func (a *Allocator) addToHandle(ctx context.Context, id string, block netip.Prefix, delta int, known *storedHandle) (storedHandle, error) {
-	for attempt := range maxRetries {
+	var out storedHandle
+	err := casRetry().Do(ctx, "handle "+id, func(ctx context.Context) error {
 		var sh storedHandle
 		if known != nil {
 			sh, known = *known, nil
 		} else {
 			var err error
 			if sh, err = a.getHandle(ctx, id); err != nil {
-				return storedHandle{}, err
+				return err
 			}
 		}
 		if delta < 0 && sh.h.Block[block.String()] == 0 {
-			return sh, nil
+			out = sh
+			return nil
 		}
-		out, err := a.writeHandle(ctx, sh, withCount(sh.h, block, delta))
-		if err == nil {
-			return out, nil
-		}
-		if !casRefused(err) {
-			return storedHandle{}, err
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return storedHandle{}, err
-		}
+		var err error
+		out, err = a.writeHandle(ctx, sh, withCount(sh.h, block, delta))
+		return err
+	})
+	if err != nil {
+		return storedHandle{}, err
 	}
-	return storedHandle{}, fmt.Errorf("handle %s: %w", id, ErrTooManyConflicts)
+	return out, nil
 }
 
 // writeBlockGuarded writes nb over sb on condition that the block is still at sb's revision
 // and the handle still at sh's: a release or repair of the handle that slipped in between
 // makes the write fail rather than leave an allocation its handle does not count.
 func (a *Allocator) writeBlockGuarded(ctx context.Context, sb storedBlock, nb *datastore.AllocationBlock, sh storedHandle) error {
-	v, err := json.Marshal(nb)
+	v, err := encodeBlock(sb, nb)
 	if err != nil {
-		return fmt.Errorf("encode block %s: %w", sb.cidr, err)
+		return err
 	}
 	bkey, hkey := a.c.Keys.Block(sb.cidr), a.c.Keys.Handle(sh.id)
 	resp, err := a.c.Etcd().Txn(ctx).

@@ -187,28 +187,29 @@ func (a *Allocator) findUnclaimedBlock(ctx context.Context, host string, pools p
 
 // claimNewBlock claims a block nobody owns for host.
 func (a *Allocator) claimNewBlock(ctx context.Context, host string, pools poolSet) (storedBlock, error) {
-	for attempt := range maxRetries {
+	var sb storedBlock
+	retry := casRetry()
+	retry.Refused = func(err error) bool {
+		return errors.Is(err, errBlockTaken) || errors.Is(err, errStaleAffinity) || casRefused(err)
+	}
+	err := retry.Do(ctx, "claim a block for "+host, func(ctx context.Context) error {
 		cidr, err := a.findUnclaimedBlock(ctx, host, pools)
 		if err != nil {
-			return storedBlock{}, err
+			return err
 		}
 		sa, err := a.pendingAffinity(ctx, host, cidr)
 		if err == nil {
-			var sb storedBlock
-			sb, err = a.blockFromAffinity(ctx, sa)
-			if err == nil {
-				return sb, nil
+			if sb, err = a.blockFromAffinity(ctx, sa); err == nil {
+				return nil
 			}
 		}
-		if !errors.Is(err, errBlockTaken) && !errors.Is(err, errStaleAffinity) && !casRefused(err) {
-			return storedBlock{}, err
-		}
 		a.log.Debug("block claim lost a race, looking again", "host", host, "block", cidr, "error", err)
-		if err := backoff(ctx, attempt); err != nil {
-			return storedBlock{}, fmt.Errorf("claim a block for %s: %w", host, err)
-		}
+		return err
+	})
+	if err != nil {
+		return storedBlock{}, err
 	}
-	return storedBlock{}, fmt.Errorf("claim a block for %s: %w", host, ErrTooManyConflicts)
+	return sb, nil
 }
 
 // blockFate is what releasing an affinity did to its block.
@@ -316,23 +317,23 @@ func (a *Allocator) ReleaseAffinity(ctx context.Context, host string, cidr netip
 // on fresh data, and saying what became of the block (blockAbsent when there was nothing
 // of host's to release).
 func (a *Allocator) releaseAffinity(ctx context.Context, host string, cidr netip.Prefix, mustBeEmpty bool) (blockFate, error) {
-	for attempt := range maxRetries {
-		fate, err := a.releaseBlock(ctx, host, cidr, mustBeEmpty, nil)
+	fate := blockAbsent
+	err := casRetry().Do(ctx, fmt.Sprintf("release affinity of %s to %s", host, cidr), func(ctx context.Context) error {
+		var err error
+		fate, err = a.releaseBlock(ctx, host, cidr, mustBeEmpty, nil)
 		switch {
-		case err == nil:
-			return fate, nil
 		case errors.Is(err, errBlockTaken), errors.Is(err, datastore.ErrNotFound):
-			return blockAbsent, nil
-		case errors.Is(err, errBlockNotEmpty):
-			return blockAbsent, err
-		case !casRefused(err):
-			return blockAbsent, fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
+			fate = blockAbsent
+			return nil
+		case err != nil && !errors.Is(err, errBlockNotEmpty) && !casRefused(err):
+			return fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
 		}
-		if err := backoff(ctx, attempt); err != nil {
-			return blockAbsent, fmt.Errorf("release affinity of %s to %s: %w", host, cidr, err)
-		}
+		return err
+	})
+	if err != nil {
+		return blockAbsent, err
 	}
-	return blockAbsent, fmt.Errorf("release affinity of %s to %s: %w", host, cidr, ErrTooManyConflicts)
+	return fate, nil
 }
 
 // ReleaseHostAffinities releases every block affinity of host (for a node leaving the

@@ -2,7 +2,6 @@ package ipam
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -116,38 +115,38 @@ func (a *Allocator) releaseNodeAddrs(ctx context.Context, node string, r *NodeRe
 // It returns how many it released.
 func (a *Allocator) releaseNodeAddrsInBlock(ctx context.Context, node string, sb storedBlock) (int, error) {
 	released := 0
-	for attempt := 0; attempt < maxRetries; {
-		ords := ordinalsOfNode(sb.b, node)
-		if len(ords) == 0 {
-			return released, nil
+	reread := false
+	err := casRetry().Do(ctx, "block "+sb.cidr.String(), func(ctx context.Context) error {
+		if reread {
+			var err error
+			sb, err = a.getBlock(ctx, sb.cidr)
+			if errors.Is(err, datastore.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
 		}
-		ords = limitHandles(sb.b, ords, maxHandlesPerTxn)
-		next, err := a.freeNodeOrdinals(ctx, node, sb, ords)
-		a.step(ctx, "node-addresses-released")
-		switch {
-		case err == nil:
+		reread = true
+		for {
+			ords := ordinalsOfNode(sb.b, node)
+			if len(ords) == 0 {
+				return nil
+			}
+			ords = limitHandles(sb.b, ords, maxHandlesPerTxn)
+			next, err := a.freeNodeOrdinals(ctx, node, sb, ords)
+			a.step(ctx, "node-addresses-released")
+			if err != nil {
+				return err
+			}
 			released += len(ords)
 			if next.b == nil {
-				return released, nil // the block was deleted
+				return nil // the block was deleted
 			}
 			sb = next
-			continue
-		case !casRefused(err):
-			return released, err
 		}
-		if err := backoff(ctx, attempt); err != nil {
-			return released, err
-		}
-		attempt++
-		sb, err = a.getBlock(ctx, sb.cidr)
-		if errors.Is(err, datastore.ErrNotFound) {
-			return released, nil
-		}
-		if err != nil {
-			return released, err
-		}
-	}
-	return released, ErrTooManyConflicts
+	})
+	return released, err
 }
 
 // ordinalsOfNode lists the allocated ordinals whose "node" attribute names node, ascending.
@@ -192,16 +191,17 @@ func (a *Allocator) freeNodeOrdinals(ctx context.Context, node string, sb stored
 	bkey := a.c.Keys.Block(sb.cidr)
 	conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(bkey), "=", sb.rev)}
 	var ops []clientv3.Op
+	var raw []byte
 	deleted := isEmpty(nb) && nb.Affinity == nil
 	if deleted {
 		ops = append(ops, clientv3.OpDelete(bkey))
 	} else {
 		nb.SequenceNumber++
-		v, err := json.Marshal(nb)
-		if err != nil {
-			return storedBlock{}, fmt.Errorf("encode block %s: %w", sb.cidr, err)
+		var err error
+		if raw, err = encodeBlock(sb, nb); err != nil {
+			return storedBlock{}, err
 		}
-		ops = append(ops, clientv3.OpPut(bkey, string(v)))
+		ops = append(ops, clientv3.OpPut(bkey, string(raw)))
 	}
 	for _, h := range slices.Sorted(maps.Keys(lost)) {
 		if h == "" {
@@ -227,7 +227,7 @@ func (a *Allocator) freeNodeOrdinals(ctx context.Context, node string, sb stored
 		a.log.Info("deleted an emptied block that has no host", "block", sb.cidr)
 		return storedBlock{cidr: sb.cidr}, nil
 	}
-	written := storedBlock{cidr: sb.cidr, b: nb, rev: resp.Header.Revision}
+	written := storedBlock{cidr: sb.cidr, b: nb, rev: resp.Header.Revision, raw: raw}
 	if host := nb.AffinityHost(); host != "" && host != node && isEmpty(nb) {
 		// Another node's block that only the departed node used: that node's own rules
 		// decide whether it keeps it, as after any release. (The departed node's own
@@ -257,9 +257,9 @@ func (a *Allocator) handleDecrement(ctx context.Context, h string, block netip.P
 		op := clientv3.OpDelete(hkey)
 		return cmp, &op, nil
 	}
-	v, err := json.Marshal(nh)
+	v, err := encodeHandle(sh, nh)
 	if err != nil {
-		return clientv3.Cmp{}, nil, fmt.Errorf("encode handle %s: %w", h, err)
+		return clientv3.Cmp{}, nil, err
 	}
 	op := clientv3.OpPut(hkey, string(v))
 	return cmp, &op, nil
@@ -318,37 +318,35 @@ func (r *NodeRelease) count(f blockFate) {
 // affinity key (so releaseBlock, which starts from the key, cannot): deleted when empty,
 // else its affinity is cleared.
 func (a *Allocator) releaseUnkeyedBlock(ctx context.Context, node string, cidr netip.Prefix) (blockFate, error) {
-	for attempt := range maxRetries {
+	fate := blockAbsent
+	err := casRetry().Do(ctx, "block "+cidr.String(), func(ctx context.Context) error {
+		fate = blockAbsent
 		sb, err := a.getBlock(ctx, cidr)
 		if errors.Is(err, datastore.ErrNotFound) {
-			return blockAbsent, nil
+			return nil
 		}
 		if err != nil {
-			return blockAbsent, err
+			return err
 		}
 		if sb.b.AffinityHost() != node {
-			return blockAbsent, nil
+			return nil
 		}
-		fate := blockDeleted
 		if isEmpty(sb.b) {
-			err = a.deleteBlock(ctx, sb)
+			fate, err = blockDeleted, a.deleteBlock(ctx, sb)
 		} else {
-			fate = blockKept
 			nb := cloneBlock(sb.b)
 			nb.Affinity = nil
+			fate = blockKept
 			_, err = a.updateBlock(ctx, sb, nb)
 		}
-		if err == nil {
-			a.log.Warn("released a block that named the node as its host without an affinity key",
-				"host", node, "block", cidr, "blockDeleted", fate == blockDeleted)
-			return fate, nil
-		}
-		if !casRefused(err) {
-			return blockAbsent, err
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return blockAbsent, err
-		}
+		return err
+	})
+	if err != nil {
+		return blockAbsent, err
 	}
-	return blockAbsent, ErrTooManyConflicts
+	if fate != blockAbsent {
+		a.log.Warn("released a block that named the node as its host without an affinity key",
+			"host", node, "block", cidr, "blockDeleted", fate == blockDeleted)
+	}
+	return fate, nil
 }

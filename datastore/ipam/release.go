@@ -2,7 +2,6 @@ package ipam
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -85,36 +84,27 @@ func (a *Allocator) ReleaseByHandle(ctx context.Context, handle string) error {
 // that neither the block nor the handle changed since they were read. counted is what the
 // handle said; when it counted more than the block holds, the excess is dropped too.
 func (a *Allocator) releaseHandleInBlock(ctx context.Context, handle string, cidr netip.Prefix, counted int) error {
-	for attempt := range maxRetries {
-		sb, err := a.getBlock(ctx, cidr)
-		missing := errors.Is(err, datastore.ErrNotFound)
-		if err != nil && !missing {
-			return err
-		}
-		var ords []int
-		if !missing {
-			ords = ordinalsOfHandle(sb.b, handle)
-		}
-		if len(ords) == 0 {
-			err = a.dropStaleHandleCount(ctx, handle, cidr, sb, missing)
-		} else {
-			err = a.freeOrdinals(ctx, sb, ords)
-			if err == nil && counted > len(ords) {
-				counted = 0
-				continue // look again: the excess count is dropped on the next pass
+	return casRetry().Do(ctx, "block "+cidr.String(), func(ctx context.Context) error {
+		for {
+			sb, err := a.getBlock(ctx, cidr)
+			missing := errors.Is(err, datastore.ErrNotFound)
+			if err != nil && !missing {
+				return err
 			}
+			var ords []int
+			if !missing {
+				ords = ordinalsOfHandle(sb.b, handle)
+			}
+			if len(ords) == 0 {
+				return a.dropStaleHandleCount(ctx, handle, cidr, sb, missing)
+			}
+			err = a.freeOrdinals(ctx, sb, ords)
+			if err != nil || counted <= len(ords) {
+				return err
+			}
+			counted = 0 // look again: the excess count is dropped on the next pass
 		}
-		if err == nil {
-			return nil
-		}
-		if !casRefused(err) {
-			return err
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return err
-		}
-	}
-	return fmt.Errorf("block %s: %w", cidr, ErrTooManyConflicts)
+	})
 }
 
 // dropStaleHandleCount removes handle's count for a block that holds none of its addresses
@@ -137,9 +127,9 @@ func (a *Allocator) dropStaleHandleCount(ctx context.Context, handle string, cid
 	if len(h.Block) == 0 {
 		op = clientv3.OpDelete(hkey)
 	} else {
-		v, err := json.Marshal(h)
+		v, err := encodeHandle(sh, h)
 		if err != nil {
-			return fmt.Errorf("encode handle %s: %w", handle, err)
+			return err
 		}
 		op = clientv3.OpPut(hkey, string(v))
 	}
@@ -215,7 +205,7 @@ func (a *Allocator) releaseAddr(ctx context.Context, ip netip.Addr, wantHandle s
 	if err != nil {
 		return err
 	}
-	for attempt := range maxRetries {
+	return casRetry().Do(ctx, "block "+cidr.String(), func(ctx context.Context) error {
 		sb, err := a.getBlock(ctx, cidr)
 		if errors.Is(err, datastore.ErrNotFound) {
 			return fmt.Errorf("block %s does not exist: %w", cidr, ErrNotAssigned)
@@ -230,18 +220,8 @@ func (a *Allocator) releaseAddr(ctx context.Context, ip netip.Addr, wantHandle s
 		if h := handleOf(sb.b.Attributes[*p]); wantHandle != "" && h != wantHandle {
 			return fmt.Errorf("held by handle %q, not %q: %w", h, wantHandle, ErrNotAssigned)
 		}
-		err = a.freeOrdinals(ctx, sb, []int{ord})
-		if err == nil {
-			return nil
-		}
-		if !casRefused(err) {
-			return err
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return err
-		}
-	}
-	return ErrTooManyConflicts
+		return a.freeOrdinals(ctx, sb, []int{ord})
+	})
 }
 
 // blockOf finds the block CIDR that holds ip: from the pool containing it, or, for an

@@ -13,13 +13,16 @@ import (
 )
 
 // Typed reads and compare-and-swap writes of blocks, affinities and handles. Every value
-// carries the ModRevision it was read at, which is the condition of its next write.
+// carries the ModRevision it was read at, which is the condition of its next write, and
+// the JSON it was read from, which its next write overlays (datastore.Overlay): fields
+// that tabby does not model, written by Calico or a newer tabby, survive every IPAM write.
 
 // storedBlock is a block and the revision it was read at.
 type storedBlock struct {
 	cidr netip.Prefix
 	b    *datastore.AllocationBlock
 	rev  int64
+	raw  []byte // the block as stored
 }
 
 // storedAffinity is one host's affinity to one block and the revision it was read at.
@@ -28,6 +31,7 @@ type storedAffinity struct {
 	cidr netip.Prefix
 	aff  datastore.BlockAffinity
 	rev  int64
+	raw  []byte // the affinity as stored
 }
 
 // state is the affinity's state with the legacy empty value read as confirmed.
@@ -43,6 +47,7 @@ type storedHandle struct {
 	id  string
 	h   datastore.IPAMHandle
 	rev int64
+	raw []byte // the handle as stored
 }
 
 // casRefused reports whether err is a compare-and-swap that etcd refused (the write was
@@ -70,7 +75,7 @@ func decodeBlock(cidr netip.Prefix, kv datastore.KV) (storedBlock, error) {
 	if err := checkBlock(cidr, &b); err != nil {
 		return storedBlock{}, err
 	}
-	return storedBlock{cidr: cidr, b: &b, rev: kv.ModRevision}, nil
+	return storedBlock{cidr: cidr, b: &b, rev: kv.ModRevision, raw: kv.Value}, nil
 }
 
 // createBlock creates a block that must not exist yet.
@@ -83,22 +88,31 @@ func (a *Allocator) createBlock(ctx context.Context, cidr netip.Prefix, b *datas
 	if err != nil {
 		return storedBlock{}, fmt.Errorf("create block %s: %w", cidr, err)
 	}
-	return storedBlock{cidr: cidr, b: b, rev: rev}, nil
+	return storedBlock{cidr: cidr, b: b, rev: rev, raw: v}, nil
 }
 
 // updateBlock writes nb over sb if the block is still at sb's revision, stepping the
 // sequence number as Calico does on every block write.
 func (a *Allocator) updateBlock(ctx context.Context, sb storedBlock, nb *datastore.AllocationBlock) (storedBlock, error) {
 	nb.SequenceNumber++
-	v, err := json.Marshal(nb)
+	v, err := encodeBlock(sb, nb)
 	if err != nil {
-		return storedBlock{}, fmt.Errorf("encode block %s: %w", sb.cidr, err)
+		return storedBlock{}, err
 	}
 	rev, err := a.c.Update(ctx, a.c.Keys.Block(sb.cidr), v, sb.rev)
 	if err != nil {
 		return storedBlock{}, fmt.Errorf("update block %s: %w", sb.cidr, err)
 	}
-	return storedBlock{cidr: sb.cidr, b: nb, rev: rev}, nil
+	return storedBlock{cidr: sb.cidr, b: nb, rev: rev, raw: v}, nil
+}
+
+// encodeBlock encodes nb for writing over sb, keeping what tabby does not model.
+func encodeBlock(sb storedBlock, nb *datastore.AllocationBlock) ([]byte, error) {
+	v, err := datastore.Overlay(sb.raw, nb)
+	if err != nil {
+		return nil, fmt.Errorf("encode block %s: %w", sb.cidr, err)
+	}
+	return v, nil
 }
 
 // deleteBlock deletes the block if it is still at sb's revision.
@@ -119,7 +133,7 @@ func (a *Allocator) decodeAffinity(kv datastore.KV) (storedAffinity, error) {
 	if info.Type != datastore.KeyAffinity {
 		return storedAffinity{}, fmt.Errorf("%s is not a block affinity key", kv.Key)
 	}
-	sa := storedAffinity{host: info.Host, cidr: info.CIDR, rev: kv.ModRevision}
+	sa := storedAffinity{host: info.Host, cidr: info.CIDR, rev: kv.ModRevision, raw: kv.Value}
 	if len(kv.Value) > 0 {
 		if err := json.Unmarshal(kv.Value, &sa.aff); err != nil {
 			return storedAffinity{}, fmt.Errorf("affinity of %s to %s: %w", info.Host, info.CIDR, err)
@@ -136,13 +150,18 @@ func (a *Allocator) getAffinity(ctx context.Context, host string, cidr netip.Pre
 	return a.decodeAffinity(kv)
 }
 
-func encodeAffinity(state datastore.AffinityState) ([]byte, error) {
-	return json.Marshal(datastore.BlockAffinity{State: state})
+// encodeAffinity encodes an affinity in state over the one stored (nil: none).
+func encodeAffinity(stored []byte, state datastore.AffinityState) ([]byte, error) {
+	v, err := datastore.Overlay(stored, datastore.BlockAffinity{State: state})
+	if err != nil {
+		return nil, fmt.Errorf("encode affinity: %w", err)
+	}
+	return v, nil
 }
 
 // createAffinity creates host's affinity to cidr in the given state.
 func (a *Allocator) createAffinity(ctx context.Context, host string, cidr netip.Prefix, state datastore.AffinityState) (storedAffinity, error) {
-	v, err := encodeAffinity(state)
+	v, err := encodeAffinity(nil, state)
 	if err != nil {
 		return storedAffinity{}, err
 	}
@@ -150,12 +169,12 @@ func (a *Allocator) createAffinity(ctx context.Context, host string, cidr netip.
 	if err != nil {
 		return storedAffinity{}, fmt.Errorf("create %s affinity of %s to %s: %w", state, host, cidr, err)
 	}
-	return storedAffinity{host: host, cidr: cidr, aff: datastore.BlockAffinity{State: state}, rev: rev}, nil
+	return storedAffinity{host: host, cidr: cidr, aff: datastore.BlockAffinity{State: state}, rev: rev, raw: v}, nil
 }
 
 // setAffinityState moves an affinity to state if it is still at sa's revision.
 func (a *Allocator) setAffinityState(ctx context.Context, sa storedAffinity, state datastore.AffinityState) (storedAffinity, error) {
-	v, err := encodeAffinity(state)
+	v, err := encodeAffinity(sa.raw, state)
 	if err != nil {
 		return storedAffinity{}, err
 	}
@@ -164,7 +183,7 @@ func (a *Allocator) setAffinityState(ctx context.Context, sa storedAffinity, sta
 		return storedAffinity{}, fmt.Errorf("mark affinity of %s to %s %s: %w", sa.host, sa.cidr, state, err)
 	}
 	sa.aff = datastore.BlockAffinity{State: state}
-	sa.rev = rev
+	sa.rev, sa.raw = rev, v
 	return sa, nil
 }
 
@@ -178,7 +197,7 @@ func (a *Allocator) deleteAffinity(ctx context.Context, sa storedAffinity) error
 
 // decodeHandle decodes a stored handle.
 func decodeHandle(id string, kv datastore.KV) (storedHandle, error) {
-	sh := storedHandle{id: id, rev: kv.ModRevision}
+	sh := storedHandle{id: id, rev: kv.ModRevision, raw: kv.Value}
 	if err := json.Unmarshal(kv.Value, &sh.h); err != nil {
 		return storedHandle{}, fmt.Errorf("handle %s: %w", id, err)
 	}
@@ -214,9 +233,9 @@ func (a *Allocator) writeHandle(ctx context.Context, sh storedHandle, h datastor
 		}
 		return storedHandle{id: sh.id, h: h}, nil
 	}
-	v, err := json.Marshal(h)
+	v, err := encodeHandle(sh, h)
 	if err != nil {
-		return storedHandle{}, fmt.Errorf("encode handle %s: %w", sh.id, err)
+		return storedHandle{}, err
 	}
 	var rev int64
 	if sh.rev == 0 {
@@ -227,7 +246,16 @@ func (a *Allocator) writeHandle(ctx context.Context, sh storedHandle, h datastor
 	if err != nil {
 		return storedHandle{}, fmt.Errorf("write handle %s: %w", sh.id, err)
 	}
-	return storedHandle{id: sh.id, h: h, rev: rev}, nil
+	return storedHandle{id: sh.id, h: h, rev: rev, raw: v}, nil
+}
+
+// encodeHandle encodes h for writing over sh, keeping what tabby does not model.
+func encodeHandle(sh storedHandle, h datastore.IPAMHandle) ([]byte, error) {
+	v, err := datastore.Overlay(sh.raw, h)
+	if err != nil {
+		return nil, fmt.Errorf("encode handle %s: %w", sh.id, err)
+	}
+	return v, nil
 }
 
 // withCount returns a copy of h with block's count changed by delta (entries that reach 0
