@@ -173,21 +173,22 @@ func (r *Registrar) setStatus(s Status) {
 	}
 }
 
-// maxConflicts bounds the compare-and-swap retries of one attempt.
-const maxConflicts = 10
-
 // reconcile makes etcd hold the Node and tunnel addresses this host wants, judged against
-// snap's pools and handles. It reports whether no write was needed.
+// snap's pools and handles. It reports whether no write was needed. When someone else
+// writes the Node in between, it reads it again (datastore.DefaultRetry bounds how often).
 func (r *Registrar) reconcile(ctx context.Context, snap *datastore.Snapshot) (bool, *datastore.Node, error) {
-	for attempt := 0; ; attempt++ {
-		synced, node, err := r.attempt(ctx, snap)
-		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrAlreadyExists) {
-			if attempt < maxConflicts {
-				continue // someone wrote the Node in between: read it again
-			}
-		}
-		return synced, node, err
+	var synced bool
+	var node *datastore.Node
+	retry := datastore.DefaultRetry
+	retry.Refused = func(err error) bool {
+		return errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrAlreadyExists)
 	}
+	err := retry.Do(ctx, "node "+r.id.Name, func(ctx context.Context) error {
+		var err error
+		synced, node, err = r.attempt(ctx, snap)
+		return err
+	})
+	return synced, node, err
 }
 
 func (r *Registrar) attempt(ctx context.Context, snap *datastore.Snapshot) (bool, *datastore.Node, error) {
