@@ -199,6 +199,16 @@ func (r *Registrar) attempt(ctx context.Context, snap *datastore.Snapshot) (bool
 	if err != nil {
 		return false, nil, fmt.Errorf("read node %s: %w", r.id.Name, err)
 	}
+	created := stored == nil
+	if created {
+		// The Node first, its tunnel addresses after (Calico's order): a host that may not
+		// write its Node (etcd RBAC refuses it) claims no block and holds no address for
+		// a node that does not exist.
+		if stored, err = r.store.CreateNode(ctx, Desired(nil, r.id, nil)); err != nil {
+			return false, nil, fmt.Errorf("create node %s: %w", r.id.Name, err)
+		}
+		r.log.Info("node created", "node", r.id.Name, "spec", describe(stored))
+	}
 	need := NeededTunnels(snap.Pools, MergedLabels(stored, r.id))
 
 	tunnels := map[ipam.TunnelKind]netip.Addr{}
@@ -224,11 +234,6 @@ func (r *Registrar) attempt(ctx context.Context, snap *datastore.Snapshot) (bool
 	want := Desired(stored, r.id, tunnels)
 	written := stored
 	switch {
-	case stored == nil:
-		if written, err = r.store.CreateNode(ctx, want); err != nil {
-			return false, nil, fmt.Errorf("create node %s: %w", r.id.Name, err)
-		}
-		r.log.Info("node created", "node", r.id.Name, "spec", describe(written))
 	case describe(want) != describe(stored):
 		if written, err = r.store.UpdateNode(ctx, want); err != nil {
 			return false, stored, fmt.Errorf("update node %s: %w", r.id.Name, err)
@@ -244,7 +249,7 @@ func (r *Registrar) attempt(ctx context.Context, snap *datastore.Snapshot) (bool
 		}
 		r.log.Info("tunnel address released: no pool needs it", "node", r.id.Name, "kind", t)
 	}
-	return written == stored && len(release) == 0, written, nil
+	return !created && written == stored && len(release) == 0, written, nil
 }
 
 func inAny(a netip.Addr, pools []netip.Prefix) bool {
