@@ -526,9 +526,16 @@ func (l *secretLab) testSecrets(t *testing.T) {
 	// seconds from the outside host (it has no Node and routes nothing of the lab's).
 	outsideNS := l.Topo.OutsideNS()
 	cr := l.EtcdCredentials("tabbyd-worker-1")
-	for _, tc := range []struct{ name, endpoint, password string }{
-		{"wrong-password", fmt.Sprintf("https://%s:%d", l.Topo.Outside.Router.Addr(), EtcdPort), wrong},
-		{"unreachable", fmt.Sprintf("https://%s:1", l.Topo.Outside.Router.Addr()), l.secrets["tabbyd-worker-1's etcd password"]},
+	reachable := fmt.Sprintf("https://%s:%d", l.Topo.Outside.Router.Addr(), EtcdPort)
+	for _, tc := range []struct {
+		name, endpoint, password string
+		// denied: the login works, but the role lacks the Node of this name: tabbyd
+		// must keep running and retrying, saying which key it was refused.
+		denied bool
+	}{
+		{name: "wrong-password", endpoint: reachable, password: wrong},
+		{name: "unreachable", endpoint: fmt.Sprintf("https://%s:1", l.Topo.Outside.Router.Addr()), password: l.secrets["tabbyd-worker-1's etcd password"]},
+		{name: "denied", endpoint: reachable, password: l.secrets["tabbyd-worker-1's etcd password"], denied: true},
 	} {
 		dir := filepath.Join(l.StateDir, "failing-"+tc.name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -569,9 +576,33 @@ metrics: {listen: ""}
 		}
 		<-runCtx.Done()
 		cancel()
+		running := pidRuns(cmd.Process.Pid, "")
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		l.saw("tabbyd "+tc.name, out.String())
+		if tc.denied {
+			key := "/calico/resources/v3/projectcalico.org/nodes/ghost-denied"
+			if !running {
+				t.Errorf("tabbyd refused its Node exited instead of retrying")
+			}
+			if !strings.Contains(out.String(), key) || !strings.Contains(out.String(), "permission denied") {
+				t.Errorf("tabbyd refused its Node does not say which key was refused (%s):\n%s", key, out.String())
+			}
+			// Nothing half-written: no block claimed, no tunnel address held for a Node
+			// that could not be written.
+			ds := l.datastore(t)
+			for _, prefix := range []string{ds.Keys.AffinityPrefix("ghost-denied"), ds.Keys.HandlePrefix()} {
+				kvs, _, err := ds.List(l.ctx, prefix)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, kv := range kvs {
+					if strings.Contains(kv.Key, "ghost-denied") {
+						t.Errorf("tabbyd refused its Node left %s behind", kv.Key)
+					}
+				}
+			}
+		}
 		t.Logf("tabbyd with %s said:\n%s", tc.name, lastLines(out.String(), 3))
 	}
 
