@@ -289,7 +289,12 @@ func (c *Cluster) Ctl(ctx context.Context, host string, args ...string) (string,
 // NodeCtl runs tabbyctl on a host with that host's tabbyd status socket: the form of the
 // commands that talk to the local tabbyd (node status, node diagnose).
 func (c *Cluster) NodeCtl(ctx context.Context, host string, args ...string) (string, error) {
-	return c.Ctl(ctx, host, append([]string{"--socket", c.StatusSocket(host)}, args...)...)
+	return c.NodeCtlWithInput(ctx, host, nil, args...)
+}
+
+// NodeCtlWithInput is NodeCtl with stdin given to tabbyctl (apply -f -); nil is no input.
+func (c *Cluster) NodeCtlWithInput(ctx context.Context, host string, stdin io.Reader, args ...string) (string, error) {
+	return c.ctlWithInput(ctx, host, stdin, append([]string{"--socket", c.StatusSocket(host)}, args...)...)
 }
 
 func (c *Cluster) ctlWithInput(ctx context.Context, host string, stdin io.Reader, args ...string) (string, error) {

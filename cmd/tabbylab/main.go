@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -465,7 +466,29 @@ func natCmd(o *options) *cobra.Command {
 	}
 }
 
+// ctlRunner runs tabbyctl on a lab host; *lab.Cluster is the real one.
+type ctlRunner interface {
+	// HasHost reports whether the lab has the host.
+	HasHost(host string) bool
+	// NodeCtlWithInput runs tabbyctl on host with stdin and returns its output.
+	NodeCtlWithInput(ctx context.Context, host string, stdin io.Reader, args ...string) (string, error)
+}
+
+// labCtl is the lab cluster as a ctlRunner.
+type labCtl struct{ *lab.Cluster }
+
+func (l labCtl) HasHost(host string) bool {
+	_, ok := l.Topo.Host(host)
+	return ok
+}
+
 func ctlCmd(o *options) *cobra.Command {
+	return newCtlCmd(func() ctlRunner { return labCtl{o.cluster()} })
+}
+
+// newCtlCmd is the ctl command over the runner that runner gives: tabbyctl gets tabbylab's own
+// stdin, so that "tabbylab ctl HOST apply -f -" reads the manifest piped to tabbylab.
+func newCtlCmd(runner func() ctlRunner) *cobra.Command {
 	return &cobra.Command{
 		Use:                "ctl HOST [tabbyctl args...]",
 		Short:              "run tabbyctl on a host against the lab's etcd and that host's tabbyd",
@@ -480,11 +503,11 @@ func ctlCmd(o *options) *cobra.Command {
 			if len(args) < 1 {
 				return usageError{errors.New("ctl needs a host")}
 			}
-			c := o.cluster()
-			if _, ok := c.Topo.Host(args[0]); !ok {
+			c := runner()
+			if !c.HasHost(args[0]) {
 				return usageError{fmt.Errorf("unknown host %q", args[0])}
 			}
-			out, err := c.NodeCtl(cmd.Context(), args[0], args[1:]...)
+			out, err := c.NodeCtlWithInput(cmd.Context(), args[0], cmd.InOrStdin(), args[1:]...)
 			fmt.Print(out)
 			// tabbyctl's exit code is the command's (node diagnose exits 1 when it finds a
 			// problem); its output, errors included, has been printed already.
