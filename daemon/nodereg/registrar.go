@@ -233,8 +233,7 @@ func (r *Registrar) attempt(ctx context.Context, snap *datastore.Snapshot) (bool
 
 	want := Desired(stored, r.id, tunnels)
 	written := stored
-	switch {
-	case describe(want) != describe(stored):
+	if describe(want) != describe(stored) {
 		if written, err = r.store.UpdateNode(ctx, want); err != nil {
 			return false, stored, fmt.Errorf("update node %s: %w", r.id.Name, err)
 		}
