@@ -380,7 +380,7 @@ func TestCalicoInterop(t *testing.T) {
 		if err := l.StopTabbyd("worker-2", false); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.StartTabbyd("worker-2"); err != nil {
+		if _, err := l.StartTabbyd("worker-2", l.Tabbyd); err != nil {
 			t.Fatal(err)
 		}
 		if err := l.WaitReady(l.ctx, 90*time.Second); err != nil {
