@@ -99,9 +99,9 @@ var (
 	secretKey        = regexp.MustCompile(`^[-._a-zA-Z0-9]+$`)
 )
 
-// checkName reports why s is not a DNS-1123 subdomain (Kubernetes' rule for object names),
+// CheckName reports why s is not a DNS-1123 subdomain (Kubernetes' rule for object names),
 // or "".
-func checkName(s string) string {
+func CheckName(s string) string {
 	switch {
 	case s == "":
 		return "required"
@@ -118,7 +118,7 @@ func validateMeta(f *fieldErrors, r Resource) {
 	switch r.(type) {
 	case *BGPConfiguration, *IPAMConfiguration: // their names have rules of their own
 	default:
-		if why := checkName(m.Name); why != "" {
+		if why := CheckName(m.Name); why != "" {
 			f.add("metadata.name", "%s", why)
 		}
 	}
@@ -311,7 +311,7 @@ func validateBGPConfiguration(f *fieldErrors, c *BGPConfiguration) {
 	nodeName, nodeSpecific := strings.CutPrefix(name, NodeBGPConfigurationPrefix)
 	switch {
 	case name == DefaultBGPConfigurationName:
-	case nodeSpecific && checkName(nodeName) == "":
+	case nodeSpecific && CheckName(nodeName) == "":
 	default:
 		f.add("metadata.name", "%q must be %q (cluster-wide) or %q followed by a node name", name, DefaultBGPConfigurationName, NodeBGPConfigurationPrefix)
 	}
@@ -432,7 +432,7 @@ func checkPassword(f *fieldErrors, field string, p *BGPPassword) {
 		return
 	}
 	ref := p.SecretKeyRef
-	if why := checkName(ref.Name); why != "" {
+	if why := CheckName(ref.Name); why != "" {
 		f.add(field+".secretKeyRef.name", "%s", why)
 	}
 	switch {
@@ -469,7 +469,7 @@ func validateBGPPeer(f *fieldErrors, p *BGPPeer) {
 		f.add("spec.nodeSelector", "node and nodeSelector cannot both be set: choose one node, or the nodes a selector picks")
 	}
 	if s.Node != "" {
-		if why := checkName(s.Node); why != "" {
+		if why := CheckName(s.Node); why != "" {
 			f.add("spec.node", "%s", why)
 		}
 	}
@@ -523,7 +523,7 @@ func validateBGPPeer(f *fieldErrors, p *BGPPeer) {
 		f.add("spec.nextHopMode", "%q is not one of Auto, Self, Keep", *m)
 	}
 	for i, name := range s.Filters {
-		if why := checkName(name); why != "" {
+		if why := CheckName(name); why != "" {
 			f.add(fmt.Sprintf("spec.filters[%d]", i), "%s", why)
 		}
 	}

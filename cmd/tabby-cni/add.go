@@ -39,8 +39,9 @@ func cmdAdd(ctx context.Context, inv *invocation) (err error) {
 				"interface": args.IfName,
 				"network":   cfg.Network,
 			},
-			Use:   datastore.UseWorkload,
-			Pools: cfg.Pools,
+			Use:       datastore.UseWorkload,
+			Pools:     cfg.Pools,
+			PoolNames: cfg.PoolNames,
 		})
 		if err != nil {
 			return err

@@ -16,6 +16,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tabby-net/tabby/datastore"
 )
 
 // Defaults of the network configuration. They match tabbyd's own defaults (SPEC §10), so a
@@ -67,7 +69,8 @@ type netConf struct {
 
 // ipamConf is the "ipam" section. tabby-cni is its own IPAM, so "type" may only name it
 // (or Calico's, whose behaviour it is); ipv4_pools restricts assignments to some pools, as
-// in Calico, given by CIDR.
+// in Calico, given by CIDR or by name. Only a pool named there is used when its
+// assignmentMode is Manual.
 type ipamConf struct {
 	Type      string   `json:"type"`
 	IPv4Pools []string `json:"ipv4_pools"`
@@ -95,9 +98,10 @@ type config struct {
 	LogLevel slog.Level
 	LogFile  string
 
-	// Pools restricts assignments to these pools; empty means every pool that selects the
-	// node.
-	Pools []netip.Prefix
+	// Pools and PoolNames restrict assignments to these pools; both empty means every
+	// pool in Automatic assignment mode that selects the node.
+	Pools     []netip.Prefix
+	PoolNames []string
 
 	// PrevResult is the result of the ADD, handed over by the runtime on CHECK and DEL;
 	// nil when absent.
@@ -164,6 +168,13 @@ func loadConfig(stdin []byte, env environment) (*config, error) {
 		return nil, badKey("ipam.type", "%q is not supported: tabby-cni assigns addresses itself (leave it out, or use \"tabby-cni\")", raw.IPAM.Type)
 	}
 	for _, s := range raw.IPAM.IPv4Pools {
+		if !strings.Contains(s, "/") {
+			if datastore.CheckName(s) != "" {
+				return nil, badKey("ipam.ipv4_pools", "%q is neither the CIDR of an IPv4 pool (e.g. 10.244.0.0/16) nor a pool name", s)
+			}
+			c.PoolNames = append(c.PoolNames, s)
+			continue
+		}
 		p, err := netip.ParsePrefix(s)
 		if err != nil || !p.Addr().Is4() || p != p.Masked() {
 			return nil, badKey("ipam.ipv4_pools", "%q is not the CIDR of an IPv4 pool (e.g. 10.244.0.0/16)", s)

@@ -76,7 +76,7 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{`{"name":"x","tabbyd_config":"/nonexistent/tabbyd.yaml"}`, "etcd_endpoints: not set, and tabbyd's configuration /nonexistent/tabbyd.yaml does not exist"},
 		{`not json`, "not valid JSON"},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","ipam":{"type":"host-local"}}`, "ipam.type: \"host-local\" is not supported"},
-		{`{"name":"x","etcd_endpoints":"http://e:2379","ipam":{"ipv4_pools":["default-ipv4-ippool"]}}`, "ipam.ipv4_pools: \"default-ipv4-ippool\" is not the CIDR"},
+		{`{"name":"x","etcd_endpoints":"http://e:2379","ipam":{"ipv4_pools":["Default_Pool"]}}`, "ipam.ipv4_pools: \"Default_Pool\" is neither the CIDR of an IPv4 pool"},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","ipam":{"ipv4_pools":["10.244.0.1/16"]}}`, "ipam.ipv4_pools: \"10.244.0.1/16\""},
 	} {
 		_, err := loadConfig([]byte(tc.conf), fixedHost("h"))

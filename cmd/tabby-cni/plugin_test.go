@@ -579,3 +579,38 @@ func TestStatus(t *testing.T) {
 		t.Errorf("STATUS with etcd down: code %d msg %q", e.Code, e.Msg)
 	}
 }
+
+// TestAddFromManualPoolByName: a Manual pool is used when ipam.ipv4_pools names it (by
+// name, as Calico's CNI takes it), and only then.
+func TestAddFromManualPoolByName(t *testing.T) {
+	h := newTestHost(t)
+	h.writePool(t, "manual", `{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"manual"},"spec":{"cidr":"10.251.0.0/24","assignmentMode":"Manual"}}`)
+	wl := newNetns(t, "cniwl")
+	for _, tc := range []struct {
+		pools []string
+		in    netip.Prefix
+	}{
+		{nil, h.Pool},
+		{[]string{"manual"}, netip.MustParsePrefix("10.251.0.0/24")},
+	} {
+		id := "ctr-" + randSuffix(t)
+		conf := h.conf(t, map[string]any{"ipam": map[string]any{"ipv4_pools": tc.pools}})
+		out := h.exec(t, cniCall{Command: "ADD", ContainerID: id, Netns: netnsPath(wl), Conf: conf})
+		if out.Err != nil {
+			t.Fatalf("ADD with ipv4_pools %v: %v\n%s\n%s", tc.pools, out.Err, out.Stdout, out.Stderr)
+		}
+		parsed, err := current.NewResult([]byte(out.Stdout))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, _ := current.GetResult(parsed)
+		if addr := resultAddr(t, r); !tc.in.Contains(addr) {
+			t.Errorf("ipv4_pools %v: address %s is not from %s", tc.pools, addr, tc.in)
+		}
+		if out := h.exec(t, cniCall{Command: "DEL", ContainerID: id, Netns: netnsPath(wl), Conf: conf}); out.Err != nil {
+			t.Fatalf("DEL: %v\n%s", out.Err, out.Stdout)
+		}
+	}
+	h.Pool = netip.MustParsePrefix("10.240.0.0/12") // both pools
+	h.assertNothingLeft(t)
+}

@@ -30,6 +30,9 @@ type AssignArgs struct {
 	// Pools optionally restricts the assignment to these pools (which must exist and be
 	// enabled; their nodeSelector and assignmentMode are then not consulted, as in Calico).
 	Pools []netip.Prefix
+	// PoolNames restricts the assignment to the pools of these names, like Pools (Calico's
+	// CNI takes a pool by name or by CIDR); the two lists add up.
+	PoolNames []string
 
 	// reserved are the addresses of the IPReservations, read with the pools.
 	reserved reservations
@@ -102,7 +105,11 @@ func (a *Allocator) assignPass(ctx context.Context, args AssignArgs, secondary m
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	pools, err := usablePools(e.pools, args.Pools, e.nodeLabels, args.Use)
+	requested, err := e.pools.byName(args.Pools, args.PoolNames)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	pools, err := usablePools(e.pools, requested, e.nodeLabels, args.Use)
 	if err != nil {
 		return netip.Addr{}, err
 	}

@@ -69,6 +69,20 @@ func (a *Allocator) decodePool(kv datastore.KV) (pool, error) {
 // poolSet is every valid pool, in etcd key (name) order.
 type poolSet []pool
 
+// byName adds the CIDRs of the pools named to those requested by CIDR; a name no pool has
+// is an error.
+func (ps poolSet) byName(cidrs []netip.Prefix, names []string) ([]netip.Prefix, error) {
+	out := slices.Clone(cidrs)
+	for _, n := range names {
+		i := slices.IndexFunc(ps, func(p pool) bool { return p.name == n })
+		if i < 0 {
+			return nil, fmt.Errorf("requested pool %q does not exist", n)
+		}
+		out = append(out, ps[i].cidr)
+	}
+	return out, nil
+}
+
 // containing returns the pool whose CIDR holds ip.
 func (ps poolSet) containing(ip netip.Addr) (pool, bool) {
 	for _, p := range ps {
