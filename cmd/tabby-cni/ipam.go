@@ -91,7 +91,8 @@ func (b *addressBook) assign(ctx context.Context, args ipam.AssignArgs) (addr ne
 	}
 	addr, err = b.alloc.AssignOne(ctx, args)
 	if err != nil {
-		return netip.Addr{}, false, fmt.Errorf("IPAM: assign an address to %s on node %s: %w", args.Handle, args.Node, err)
+		// AssignOne names the handle and the node.
+		return netip.Addr{}, false, fmt.Errorf("IPAM: %w", err)
 	}
 	return addr, false, nil
 }
