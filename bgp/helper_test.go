@@ -153,7 +153,10 @@ func runSpeakerHelper(cfgPath string) int {
 			return 2
 		}
 	}
+	var loadMu sync.Mutex // load runs on SIGHUP and on a secrets change
 	load := func() {
+		loadMu.Lock()
+		defer loadMu.Unlock()
 		s, err := readSnapshot(cfg.SnapshotFile)
 		if err != nil {
 			log.Error("read snapshot", "error", err)
@@ -178,6 +181,27 @@ func runSpeakerHelper(cfgPath string) int {
 			load()
 		}
 	}()
+	// A changed password file is an input of its own, as in tabbyd: the configuration is
+	// computed again, with no new snapshot.
+	if cfg.SecretsDir != "" {
+		secrets := bgp.NewSecretsWatcher(cfg.SecretsDir, log)
+		go func() {
+			if err := secrets.Run(ctx); err != nil {
+				log.Error("secrets watcher", "error", err)
+			}
+		}()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-secrets.Changed():
+					log.Info("secrets changed: configuration computed again")
+					load()
+				}
+			}
+		}()
+	}
 
 	go func() {
 		for {

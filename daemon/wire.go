@@ -79,6 +79,7 @@ func (d *daemon) wire(g *group) (*wiring, error) {
 	}
 	g.Go("nat reconciler", w.nat.run)
 	w.bgp = newBGPSub(d, g)
+	g.Go("bgp secrets watcher", w.bgp.secrets.Run)
 	return w, nil
 }
 
@@ -109,6 +110,8 @@ func (w *wiring) loop(ctx context.Context) error {
 			w.snap = drainLatest(snaps, snap)
 			w.apply(false)
 		case <-w.bgp.learnedChanged():
+			w.apply(false)
+		case <-w.bgp.secretsChanged():
 			w.apply(false)
 		case <-w.routes.underlayChanged():
 			w.apply(true)

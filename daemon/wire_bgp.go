@@ -48,6 +48,9 @@ type bgpSub struct {
 	// recomputed from the whole snapshot they cost milliseconds per change at scale, even
 	// with BGP idle.
 	planner bgp.Planner
+	// secrets wakes the main loop when a password file may have changed: the BGP
+	// configuration is then computed again (SPEC §7), as for a new snapshot.
+	secrets *bgp.SecretsWatcher
 	// set is what the speaker was last given; nil before the first Set.
 	set *speakerInput
 	// problemLines are the configuration problems of the last snapshot.
@@ -66,12 +69,16 @@ type peerRead struct {
 
 func newBGPSub(d *daemon, g *group) *bgpSub {
 	return &bgpSub{
-		d:      d,
-		g:      g,
-		routes: latest.New[[]routing.LearnedRoute](),
-		table:  []statusapi.Peer{},
+		d:       d,
+		g:       g,
+		routes:  latest.New[[]routing.LearnedRoute](),
+		secrets: bgp.NewSecretsWatcher(d.cfg.BGP.SecretsDir, d.log.With("subsystem", "bgp secrets")),
+		table:   []statusapi.Peer{},
 	}
 }
+
+// secretsChanged fires when a file in the secrets directory changed.
+func (s *bgpSub) secretsChanged() <-chan struct{} { return s.secrets.Changed() }
 
 // speakerInput is one desired state of the speaker.
 type speakerInput struct {
