@@ -139,6 +139,11 @@ func tableRows(s string) []string {
 }
 
 func TestCalicoInterop(t *testing.T) {
+	requireRoot(t)
+	if testing.Short() {
+		t.Skip("Calico interoperability suite (the articles' lab and the real calicoctl, a few " +
+			"minutes): not run with -short; make test runs it")
+	}
 	bin := calicoctlBinary(t)
 	l := &calicoLab{e2eLab: newE2ELab(t), t: t, bin: bin}
 	ds, err := l.Datastore()
