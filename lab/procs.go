@@ -16,17 +16,16 @@ import (
 	"github.com/tabby-net/tabby/internal/namedns"
 )
 
-// start starts a long-running program inside a namespace through namedns, detached in its
-// own session so that it outlives the tabbylab command that started it, with its output
-// appended to <StateDir>/<logName>.log and its PID in <StateDir>/<name>.pid, so that a
-// later command (tabbylab down, StopTabbyd) can find it. This process keeps the handle
-// (Process) while it lives.
+// start starts a long-running program inside a namespace through namedns (detached when
+// c.Detach is set), with its output appended to <StateDir>/<logName>.log and its PID in
+// <StateDir>/<name>.pid, so that a later command (tabbylab down, StopTabbyd) can find it.
+// This process keeps the handle (Process) while it lives.
 func (c *Cluster) start(ns, name, logName string, env []string, program string, args ...string) (*namedns.Process, error) {
 	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
 		return nil, err
 	}
 	p, err := namedns.Start(namedns.ProcessOptions{
-		Namespace: ns, Log: c.logFile(logName), PIDFile: c.pidFile(name), Env: env, Detach: true,
+		Namespace: ns, Log: c.logFile(logName), PIDFile: c.pidFile(name), Env: env, Detach: c.Detach,
 	}, program, args...)
 	if err != nil {
 		return nil, err
