@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tabby-net/tabby/daemon/autodetect"
+	"github.com/tabby-net/tabby/datastore"
 )
 
 // DefaultConfigFile is read when no --config is given; its absence is not an error.
@@ -36,10 +36,11 @@ const EnvPrefix = "TABBY"
 type Config struct {
 	// NodeName is the name of this host's Node resource; "" means the lower-cased hostname.
 	NodeName string
-	Etcd     EtcdConfig
-	IPv4     IPv4Config
-	BGP      BGPConfig
-	Data     DataplaneConfig
+	// Etcd is how to reach the datastore: the etcd section, checked by its Validate.
+	Etcd datastore.Config
+	IPv4 IPv4Config
+	BGP  BGPConfig
+	Data DataplaneConfig
 	// Labels are the Node's labels, the ones BGPPeer and IPPool selectors match.
 	Labels map[string]string
 	// HealthListen and MetricsListen are host:port; "" disables the listener.
@@ -54,18 +55,6 @@ type Config struct {
 	LogLevel     slog.Level
 	// File is the configuration file that was read, "" when none was.
 	File string
-}
-
-// EtcdConfig says how to reach the datastore.
-type EtcdConfig struct {
-	Endpoints []string
-	CAFile    string
-	CertFile  string
-	KeyFile   string
-	Username  string
-	Password  string
-	// Prefix is the key root, "/calico" unless set.
-	Prefix string
 }
 
 // IPv4Config says how the node finds its own address: a fixed Address or an Autodetect
@@ -149,54 +138,36 @@ func settings() []setting {
 			}
 			return err
 		}},
-		{key: "etcd.endpoints", def: []string{"http://127.0.0.1:2379"}, flag: "etcd-endpoints", apply: func(c *Config, raw any) (err error) {
-			if c.Etcd.Endpoints, err = asStringList(raw); err != nil {
-				return err
-			}
-			if len(c.Etcd.Endpoints) == 0 {
-				return errors.New("at least one endpoint is required")
-			}
-			for _, e := range c.Etcd.Endpoints {
-				u, perr := url.Parse(e)
-				if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-					return fmt.Errorf("%q is not an http:// or https:// URL", e)
-				}
-			}
-			return nil
+		// The etcd section is read as it is written (the TLS files must be readable now,
+		// not at the first connection); datastore.Config.Validate checks the rest once
+		// every key is in, the same rules as for tabbyctl and tabby-cni.
+		{key: datastore.KeyEndpoints, def: []string{"http://127.0.0.1:2379"}, flag: "etcd-endpoints", apply: func(c *Config, raw any) (err error) {
+			c.Etcd.Endpoints, err = asStringList(raw)
+			return err
 		}},
-		{key: "etcd.caFile", def: "", apply: func(c *Config, raw any) (err error) {
+		{key: datastore.KeyCAFile, def: "", apply: func(c *Config, raw any) (err error) {
 			c.Etcd.CAFile, err = readableFile(raw)
 			return err
 		}},
-		{key: "etcd.certFile", def: "", apply: func(c *Config, raw any) (err error) {
+		{key: datastore.KeyCertFile, def: "", apply: func(c *Config, raw any) (err error) {
 			c.Etcd.CertFile, err = readableFile(raw)
 			return err
 		}},
-		{key: "etcd.keyFile", def: "", apply: func(c *Config, raw any) (err error) {
-			if c.Etcd.KeyFile, err = readableFile(raw); err != nil {
-				return err
-			}
-			if (c.Etcd.KeyFile == "") != (c.Etcd.CertFile == "") {
-				return errors.New("etcd.certFile and etcd.keyFile must be set together")
-			}
-			return nil
+		{key: datastore.KeyKeyFile, def: "", apply: func(c *Config, raw any) (err error) {
+			c.Etcd.KeyFile, err = readableFile(raw)
+			return err
 		}},
-		{key: "etcd.username", def: "", apply: func(c *Config, raw any) (err error) {
+		{key: datastore.KeyUsername, def: "", apply: func(c *Config, raw any) (err error) {
 			c.Etcd.Username, err = asString(raw)
 			return err
 		}},
-		{key: "etcd.password", def: "", apply: func(c *Config, raw any) (err error) {
+		{key: datastore.KeyPassword, def: "", apply: func(c *Config, raw any) (err error) {
 			c.Etcd.Password, err = asString(raw)
 			return err
 		}},
-		{key: "etcd.prefix", def: "/calico", apply: func(c *Config, raw any) (err error) {
-			if c.Etcd.Prefix, err = asString(raw); err != nil {
-				return err
-			}
-			if !strings.HasPrefix(c.Etcd.Prefix, "/") || len(c.Etcd.Prefix) < 2 {
-				return fmt.Errorf("%q must be an absolute key root such as /calico", c.Etcd.Prefix)
-			}
-			return nil
+		{key: datastore.KeyPrefix, def: datastore.DefaultPrefix, apply: func(c *Config, raw any) (err error) {
+			c.Etcd.Prefix, err = asString(raw)
+			return err
 		}},
 		{key: "ipv4.address", def: "", apply: func(c *Config, raw any) error {
 			s, err := asString(raw)
@@ -402,6 +373,13 @@ func LoadConfig(opts LoadOptions) (*Config, error) {
 		if err := s.apply(cfg, v.Get(s.key)); err != nil {
 			return nil, &ConfigError{Key: s.key, Msg: err.Error()}
 		}
+	}
+	if err := cfg.Etcd.Validate(); err != nil {
+		var ce *datastore.ConfigError
+		if errors.As(err, &ce) {
+			return nil, &ConfigError{Key: ce.Key, Msg: ce.Problem}
+		}
+		return nil, &ConfigError{Key: "etcd", Msg: err.Error()}
 	}
 	if cfg.Labels, err = loadLabels(fileLabels); err != nil {
 		return nil, &ConfigError{Key: labelsKey, Msg: err.Error()}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/tabby-net/tabby/datastore"
 )
 
 // testFlags returns the flags cmd/tabbyd defines, parsed from args.
@@ -40,7 +41,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Etcd:          EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/calico"},
+		Etcd:          datastore.Config{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/calico"},
 		BGP:           BGPConfig{SecretsDir: "/etc/tabby/secrets", ConnectRetry: 5 * time.Second, HoldTime: 90 * time.Second, Keepalive: 30 * time.Second},
 		Data:          DataplaneConfig{RouteProtocol: 95, RouteRefreshInterval: 90 * time.Second, IPTablesBackend: "auto"},
 		Labels:        map[string]string{},
@@ -135,6 +136,9 @@ logLevel: warn
 
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("not checked here"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		file string
@@ -153,7 +157,13 @@ func TestConfigErrors(t *testing.T) {
 		{name: "section not a mapping", file: "etcd: http://x:2379\n",
 			want: "config: etcd: must be a mapping"},
 		{name: "bad endpoint", file: "etcd:\n  endpoints: [10.0.0.1:2379]\n",
-			want: `config: etcd.endpoints: "10.0.0.1:2379" is not an http:// or https:// URL`},
+			want: `config: etcd.endpoints: "10.0.0.1:2379" is not an etcd URL such as http://10.0.0.10:2379: it must be of the form http(s)://host:port`},
+		{name: "endpoint without port", file: "etcd:\n  endpoints: [\"https://etcd.example\"]\n",
+			want: `config: etcd.endpoints: "https://etcd.example" is not an etcd URL such as http://10.0.0.10:2379: it must be of the form http(s)://host:port`},
+		{name: "certificate without key", file: "etcd:\n  certFile: " + dir + "/cert.pem\n",
+			want: "config: etcd.keyFile: required with etcd.certFile (the client certificate's key)"},
+		{name: "username without password", file: "etcd:\n  username: tabbyd\n",
+			want: "config: etcd.password: required with etcd.username"},
 		{name: "empty endpoints", file: "etcd:\n  endpoints: []\n",
 			want: "config: etcd.endpoints: at least one endpoint is required"},
 		{name: "missing CA file", file: "etcd:\n  caFile: " + dir + "/nope.pem\n",

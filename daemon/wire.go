@@ -36,16 +36,7 @@ type wiring struct {
 
 // wire connects to the datastore and builds every subsystem; their goroutines run in g.
 func (d *daemon) wire(g *group) (*wiring, error) {
-	client, err := datastore.New(datastore.Config{
-		Endpoints:   d.cfg.Etcd.Endpoints,
-		CAFile:      d.cfg.Etcd.CAFile,
-		CertFile:    d.cfg.Etcd.CertFile,
-		KeyFile:     d.cfg.Etcd.KeyFile,
-		Username:    d.cfg.Etcd.Username,
-		Password:    d.cfg.Etcd.Password,
-		Prefix:      d.cfg.Etcd.Prefix,
-		DialTimeout: 5 * time.Second,
-	})
+	client, err := datastore.New(d.cfg.Etcd)
 	if err != nil {
 		return nil, err
 	}

@@ -71,7 +71,7 @@ func startWiring(t *testing.T, prepare func(w *wiringTest)) *wiringTest {
 	dir := t.TempDir()
 	cfg := &Config{
 		NodeName:     localNode,
-		Etcd:         EtcdConfig{Endpoints: []string{w.etcd.Endpoint}, Prefix: "/calico"},
+		Etcd:         datastore.Config{Endpoints: []string{w.etcd.Endpoint}, Prefix: "/calico"},
 		BGP:          BGPConfig{SecretsDir: filepath.Join(dir, "secrets"), ConnectRetry: 5 * time.Second, HoldTime: 90 * time.Second, Keepalive: 30 * time.Second},
 		Data:         DataplaneConfig{RouteProtocol: routing.DefaultProtocol, RouteRefreshInterval: 90 * time.Second, IPTablesBackend: nat.BackendAuto},
 		Labels:       map[string]string{},

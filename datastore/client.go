@@ -33,19 +33,6 @@ type KeyError struct {
 func (e *KeyError) Error() string { return fmt.Sprintf("%s: %v", e.Key, e.Err) }
 func (e *KeyError) Unwrap() error { return e.Err }
 
-// Config says how to reach etcd.
-type Config struct {
-	Endpoints   []string
-	CAFile      string
-	CertFile    string
-	KeyFile     string
-	Username    string
-	Password    string
-	DialTimeout time.Duration
-	// Prefix is the key root, DefaultPrefix when empty.
-	Prefix string
-}
-
 // Client is an etcd v3 client that reads and writes Calico's layout with compare-and-swap.
 type Client struct {
 	etcd *clientv3.Client
@@ -54,8 +41,8 @@ type Client struct {
 
 // New connects to etcd. It does not block until a connection is up: the first request does.
 func New(cfg Config) (*Client, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, errors.New("etcd: no endpoints configured")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("etcd configuration: %w", err)
 	}
 	dial := cfg.DialTimeout
 	if dial == 0 {

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -82,13 +81,9 @@ type config struct {
 	Network    string
 	CNIVersion string
 
-	EtcdEndpoints []string
-	EtcdCAFile    string
-	EtcdCertFile  string
-	EtcdKeyFile   string
-	EtcdUsername  string
-	EtcdPassword  string
-	EtcdPrefix    string
+	// Etcd is how to reach the datastore, from the etcd_* keys or tabbyd's configuration;
+	// its DialTimeout is the plugin's probe timeout.
+	Etcd datastore.Config
 
 	Nodename string
 	// MTU is the configured MTU; 0 means "what tabbyd publishes in <DataDir>/mtu".
@@ -148,18 +143,21 @@ func loadConfig(stdin []byte, env environment) (*config, error) {
 	}
 
 	c := &config{
-		Network:      raw.Name,
-		CNIVersion:   raw.CNIVersion,
-		EtcdCAFile:   raw.EtcdCACertFile,
-		EtcdCertFile: raw.EtcdCertFile,
-		EtcdKeyFile:  raw.EtcdKeyFile,
-		EtcdPrefix:   raw.EtcdPrefix,
-		Nodename:     raw.Nodename,
-		MTU:          raw.MTU,
-		DataDir:      raw.DataDir,
-		RunDir:       raw.RunDir,
-		LogFile:      raw.LogFile,
-		PrevResult:   raw.PrevResult,
+		Network:    raw.Name,
+		CNIVersion: raw.CNIVersion,
+		Etcd: datastore.Config{
+			CAFile:      raw.EtcdCACertFile,
+			CertFile:    raw.EtcdCertFile,
+			KeyFile:     raw.EtcdKeyFile,
+			Prefix:      raw.EtcdPrefix,
+			DialTimeout: etcdProbeTimeout,
+		},
+		Nodename:   raw.Nodename,
+		MTU:        raw.MTU,
+		DataDir:    raw.DataDir,
+		RunDir:     raw.RunDir,
+		LogFile:    raw.LogFile,
+		PrevResult: raw.PrevResult,
 	}
 
 	switch raw.IPAM.Type {
@@ -191,10 +189,10 @@ func loadConfig(stdin []byte, env environment) (*config, error) {
 	if raw.EtcdEndpoints != "" {
 		for _, e := range strings.Split(raw.EtcdEndpoints, ",") {
 			if e = strings.TrimSpace(e); e != "" {
-				c.EtcdEndpoints = append(c.EtcdEndpoints, e)
+				c.Etcd.Endpoints = append(c.Etcd.Endpoints, e)
 			}
 		}
-		if len(c.EtcdEndpoints) == 0 {
+		if len(c.Etcd.Endpoints) == 0 {
 			return nil, badKey("etcd_endpoints", "%q names no endpoint", raw.EtcdEndpoints)
 		}
 	} else {
@@ -230,13 +228,16 @@ func loadConfig(stdin []byte, env environment) (*config, error) {
 
 // validate checks every value; the error names the key.
 func (c *config) validate() error {
-	for _, e := range c.EtcdEndpoints {
-		if err := validateEndpoint(e); err != nil {
+	if err := c.Etcd.Validate(); err != nil {
+		var ce *datastore.ConfigError
+		if !errors.As(err, &ce) {
 			return badKey("etcd_endpoints", "%v", err)
 		}
-	}
-	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
-		return badKey("etcd_cert_file", "etcd_cert_file and etcd_key_file must be given together")
+		key, ok := cniEtcdKeys[ce.Key]
+		if !ok {
+			key = ce.Key // set only in tabbyd's configuration, under this name
+		}
+		return badKey(key, "%s", renameEtcdKeys(ce.Problem))
 	}
 	if err := validateNodename(c.Nodename); err != nil {
 		return badKey("nodename", "%v", err)
@@ -257,27 +258,25 @@ func (c *config) validate() error {
 		// change the key layout.
 		return badKey("name", "%q must not contain '/'", c.Network)
 	}
-	if c.EtcdPrefix != "" && !strings.HasPrefix(c.EtcdPrefix, "/") {
-		return badKey("etcd_prefix", "must start with '/', got %q", c.EtcdPrefix)
-	}
 	return nil
 }
 
-func validateEndpoint(e string) error {
-	u, err := url.Parse(e)
-	if err != nil {
-		return fmt.Errorf("%q is not a URL: %v", e, err)
+// cniEtcdKeys are the network configuration's names of the etcd settings (Calico's).
+var cniEtcdKeys = map[string]string{
+	datastore.KeyEndpoints: "etcd_endpoints",
+	datastore.KeyCAFile:    "etcd_ca_cert_file",
+	datastore.KeyCertFile:  "etcd_cert_file",
+	datastore.KeyKeyFile:   "etcd_key_file",
+	datastore.KeyPrefix:    "etcd_prefix",
+}
+
+// renameEtcdKeys puts the network configuration's names into a message of
+// datastore.Config.Validate that names another setting.
+func renameEtcdKeys(msg string) string {
+	for from, to := range cniEtcdKeys {
+		msg = strings.ReplaceAll(msg, from, to)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("%q: scheme must be http or https", e)
-	}
-	if u.Host == "" || u.Port() == "" {
-		return fmt.Errorf("%q: must be of the form http(s)://host:port", e)
-	}
-	if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("%q: port must be 1-65535", e)
-	}
-	return nil
+	return msg
 }
 
 // validateNodename accepts what can be a key segment and a Calico node name: lowercase
@@ -330,7 +329,7 @@ func (c *config) fillFromTabbyd(path string) error {
 	case string:
 		for _, e := range strings.Split(eps, ",") {
 			if e = strings.TrimSpace(e); e != "" {
-				c.EtcdEndpoints = append(c.EtcdEndpoints, e)
+				c.Etcd.Endpoints = append(c.Etcd.Endpoints, e)
 			}
 		}
 	case []any:
@@ -339,10 +338,10 @@ func (c *config) fillFromTabbyd(path string) error {
 			if !ok {
 				return badKey("tabbyd_config", "%s: etcd.endpoints: %v is not a string", path, e)
 			}
-			c.EtcdEndpoints = append(c.EtcdEndpoints, s)
+			c.Etcd.Endpoints = append(c.Etcd.Endpoints, s)
 		}
 	}
-	if len(c.EtcdEndpoints) == 0 {
+	if len(c.Etcd.Endpoints) == 0 {
 		return badKey("etcd_endpoints", "not set, and tabbyd's configuration %s has no etcd.endpoints", path)
 	}
 
@@ -351,12 +350,12 @@ func (c *config) fillFromTabbyd(path string) error {
 		key  string
 		into *string
 	}{
-		{etcd, "caFile", &c.EtcdCAFile},
-		{etcd, "certFile", &c.EtcdCertFile},
-		{etcd, "keyFile", &c.EtcdKeyFile},
-		{etcd, "username", &c.EtcdUsername},
-		{etcd, "password", &c.EtcdPassword},
-		{etcd, "prefix", &c.EtcdPrefix},
+		{etcd, "caFile", &c.Etcd.CAFile},
+		{etcd, "certFile", &c.Etcd.CertFile},
+		{etcd, "keyFile", &c.Etcd.KeyFile},
+		{etcd, "username", &c.Etcd.Username},
+		{etcd, "password", &c.Etcd.Password},
+		{etcd, "prefix", &c.Etcd.Prefix},
 		{doc, "nodeName", &c.Nodename},
 		{doc, "dataDir", &c.DataDir},
 		{doc, "runDir", &c.RunDir},

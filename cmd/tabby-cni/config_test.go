@@ -24,8 +24,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"http://10.0.0.10:2379", "https://10.0.0.11:2379"}; !slices.Equal(c.EtcdEndpoints, want) {
-		t.Errorf("endpoints = %v, want %v", c.EtcdEndpoints, want)
+	if want := []string{"http://10.0.0.10:2379", "https://10.0.0.11:2379"}; !slices.Equal(c.Etcd.Endpoints, want) {
+		t.Errorf("endpoints = %v, want %v", c.Etcd.Endpoints, want)
 	}
 	if c.Nodename != "worker-1" || c.DataDir != "/var/lib/tabby" || c.RunDir != "/run/tabby" || c.MTU != 0 || c.LogLevel != slog.LevelInfo {
 		t.Errorf("defaults wrong: %+v", c)
@@ -42,7 +42,7 @@ func TestLoadConfigExplicit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EtcdCAFile != "/ca" || c.EtcdCertFile != "/c" || c.EtcdKeyFile != "/k" || c.EtcdPrefix != "/tabby" ||
+	if c.Etcd.CAFile != "/ca" || c.Etcd.CertFile != "/c" || c.Etcd.KeyFile != "/k" || c.Etcd.Prefix != "/tabby" ||
 		c.Nodename != "node-7" || c.MTU != 1440 || c.DataDir != "/d" || c.RunDir != "/r" ||
 		c.LogLevel != slog.LevelDebug || c.LogFile != "/var/log/tabby-cni.log" {
 		t.Errorf("explicit values not kept: %+v", c)
@@ -61,16 +61,16 @@ func TestLoadConfigErrorsNameTheKey(t *testing.T) {
 		{`{"name":"x","etcd_endpoints":"http://e:2379","mtu":9001}`, "mtu: must be between 576 and 9000"},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","mtu":"big"}`, "not valid JSON"},
 		{`{"name":"x","etcd_endpoints":"10.0.0.1:2379"}`, "etcd_endpoints:"},
-		{`{"name":"x","etcd_endpoints":"ftp://e:2379"}`, "etcd_endpoints: \"ftp://e:2379\": scheme must be http or https"},
-		{`{"name":"x","etcd_endpoints":"http://e"}`, "etcd_endpoints: \"http://e\": must be of the form"},
+		{`{"name":"x","etcd_endpoints":"ftp://e:2379"}`, "etcd_endpoints: \"ftp://e:2379\" is not an etcd URL such as http://10.0.0.10:2379: the scheme must be http or https"},
+		{`{"name":"x","etcd_endpoints":"http://e"}`, "etcd_endpoints: \"http://e\" is not an etcd URL such as http://10.0.0.10:2379: it must be of the form http(s)://host:port"},
 		{`{"name":"x","etcd_endpoints":" , "}`, "etcd_endpoints: \" , \" names no endpoint"},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","nodename":"Worker_1"}`, "nodename: \"Worker_1\""},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","log_level":"loud"}`, "log_level: \"loud\""},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","data_dir":"rel"}`, "data_dir: must be an absolute path"},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","run_dir":"rel"}`, "run_dir: must be an absolute path"},
 		{`{"name":"x","etcd_endpoints":"http://e:2379","log_file":"rel.log"}`, "log_file: must be an absolute path"},
-		{`{"name":"x","etcd_endpoints":"http://e:2379","etcd_cert_file":"/c"}`, "etcd_cert_file: etcd_cert_file and etcd_key_file must be given together"},
-		{`{"name":"x","etcd_endpoints":"http://e:2379","etcd_prefix":"calico"}`, "etcd_prefix: must start with '/'"},
+		{`{"name":"x","etcd_endpoints":"http://e:2379","etcd_cert_file":"/c"}`, "etcd_key_file: required with etcd_cert_file"},
+		{`{"name":"x","etcd_endpoints":"http://e:2379","etcd_prefix":"calico"}`, "etcd_prefix: \"calico\" must be an absolute key root"},
 		{`{"etcd_endpoints":"http://e:2379"}`, "name: missing"},
 		{`{"name":"a/b","etcd_endpoints":"http://e:2379"}`, "name: \"a/b\" must not contain '/'"},
 		{`{"name":"x","tabbyd_config":"/nonexistent/tabbyd.yaml"}`, "etcd_endpoints: not set, and tabbyd's configuration /nonexistent/tabbyd.yaml does not exist"},
@@ -144,9 +144,9 @@ runDir: /run/tabby-2
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(c.EtcdEndpoints, []string{"https://10.0.0.10:2379", "https://10.0.0.11:2379"}) ||
-		c.EtcdCAFile != "/etc/tabby/etcd-ca.pem" || c.EtcdCertFile != "/etc/tabby/etcd.pem" || c.EtcdKeyFile != "/etc/tabby/etcd-key.pem" ||
-		c.EtcdUsername != "u" || c.EtcdPassword != "p" || c.EtcdPrefix != "/tabby" {
+	if !slices.Equal(c.Etcd.Endpoints, []string{"https://10.0.0.10:2379", "https://10.0.0.11:2379"}) ||
+		c.Etcd.CAFile != "/etc/tabby/etcd-ca.pem" || c.Etcd.CertFile != "/etc/tabby/etcd.pem" || c.Etcd.KeyFile != "/etc/tabby/etcd-key.pem" ||
+		c.Etcd.Username != "u" || c.Etcd.Password != "p" || c.Etcd.Prefix != "/tabby" {
 		t.Errorf("etcd settings not taken from tabbyd.yaml: %+v", c)
 	}
 	if c.Nodename != "worker-9" || c.DataDir != "/srv/tabby" {
@@ -162,7 +162,7 @@ runDir: /run/tabby-2
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(c.EtcdEndpoints, []string{"http://a:2379", "http://b:2379"}) || c.Nodename != "h" {
+	if !slices.Equal(c.Etcd.Endpoints, []string{"http://a:2379", "http://b:2379"}) || c.Nodename != "h" {
 		t.Errorf("got %+v", c)
 	}
 }
@@ -251,7 +251,7 @@ func TestExampleConflist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Nodename != "worker-1" || !slices.Equal(c.EtcdEndpoints, []string{"http://10.0.0.10:2379"}) || c.MTU != 0 {
+	if c.Nodename != "worker-1" || !slices.Equal(c.Etcd.Endpoints, []string{"http://10.0.0.10:2379"}) || c.MTU != 0 {
 		t.Errorf("example loads as %+v", c)
 	}
 }

@@ -27,24 +27,15 @@ type addressBook struct {
 // openAddressBook connects to etcd and makes sure it answers, so that every later failure
 // is about IPAM and not about reaching the datastore.
 func openAddressBook(ctx context.Context, cfg *config, log *slog.Logger) (*addressBook, error) {
-	client, err := datastore.New(datastore.Config{
-		Endpoints:   cfg.EtcdEndpoints,
-		CAFile:      cfg.EtcdCAFile,
-		CertFile:    cfg.EtcdCertFile,
-		KeyFile:     cfg.EtcdKeyFile,
-		Username:    cfg.EtcdUsername,
-		Password:    cfg.EtcdPassword,
-		DialTimeout: etcdProbeTimeout,
-		Prefix:      cfg.EtcdPrefix,
-	})
+	client, err := datastore.New(cfg.Etcd)
 	if err != nil {
-		return nil, &etcdUnreachableError{Endpoints: cfg.EtcdEndpoints, Err: err}
+		return nil, &etcdUnreachableError{Endpoints: cfg.Etcd.Endpoints, Err: err}
 	}
 	probeCtx, cancel := context.WithTimeout(ctx, etcdProbeTimeout)
 	defer cancel()
 	if _, err := client.Get(probeCtx, client.Keys.IPAMConfig()); err != nil && !errors.Is(err, datastore.ErrNotFound) {
 		client.Close()
-		return nil, &etcdUnreachableError{Endpoints: cfg.EtcdEndpoints, Err: unwrapDeadline(err)}
+		return nil, &etcdUnreachableError{Endpoints: cfg.Etcd.Endpoints, Err: unwrapDeadline(err)}
 	}
 	return &addressBook{client: client, alloc: ipam.New(client, log), log: log}, nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -69,23 +68,14 @@ func (o *globalOptions) etcdConfig() (datastore.Config, error) {
 			}
 		}
 	}
-	endpoints := o.endpoints
-	source := "--endpoints"
+	endpoints, fromFlag := splitList(o.endpoints), true
 	if len(endpoints) == 0 {
-		endpoints = v.GetStringSlice("etcd.endpoints")
-		source = "etcd.endpoints"
+		endpoints, fromFlag = splitList(v.GetStringSlice("etcd.endpoints")), false
 	}
-	endpoints = splitList(endpoints)
 	if len(endpoints) == 0 {
 		endpoints = []string{defaultEndpoint}
 	}
-	for _, e := range endpoints {
-		u, err := url.Parse(e)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return datastore.Config{}, usageErrorf("%s: %q is not an etcd URL such as http://10.0.0.10:2379", source, e)
-		}
-	}
-	return datastore.Config{
+	cfg := datastore.Config{
 		Endpoints:   endpoints,
 		CAFile:      v.GetString("etcd.caFile"),
 		CertFile:    v.GetString("etcd.certFile"),
@@ -94,7 +84,15 @@ func (o *globalOptions) etcdConfig() (datastore.Config, error) {
 		Password:    v.GetString("etcd.password"),
 		Prefix:      v.GetString("etcd.prefix"),
 		DialTimeout: 5 * time.Second,
-	}, nil
+	}
+	if err := cfg.Validate(); err != nil {
+		var ce *datastore.ConfigError
+		if errors.As(err, &ce) && ce.Key == datastore.KeyEndpoints && fromFlag {
+			return datastore.Config{}, usageErrorf("--endpoints: %s", ce.Problem)
+		}
+		return datastore.Config{}, usageErrorf("%v", err)
+	}
+	return cfg, nil
 }
 
 // splitList splits comma-separated entries ("a,b" from an environment variable or a flag).
