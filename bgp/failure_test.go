@@ -76,7 +76,7 @@ func TestSessionFailures(t *testing.T) {
 			t.Errorf("peer %+v: want a down state with a time", p)
 		}
 	}
-	ok, reason := bgp.Readiness(st, time.Minute)
+	ok, reason := bgp.Readiness(st, time.Minute, bgp.ExplicitPeersAny)
 	if ok || reason != "BGP not established with 10.99.0.201,10.99.0.202,10.99.0.203" {
 		t.Errorf("Readiness = %v %q", ok, reason)
 	}

@@ -22,26 +22,59 @@ import (
 )
 
 func TestReadiness(t *testing.T) {
-	up := statusapi.Peer{Address: "10.30.0.206", Established: true}
-	down1 := statusapi.Peer{Address: "10.30.0.56"}
-	down2 := statusapi.Peer{Address: "10.30.1.66"}
+	mesh := func(addr string, up bool) statusapi.Peer {
+		return statusapi.Peer{Address: addr, Type: statusapi.PeerTypeMesh, Established: up}
+	}
+	tor := func(addr string, up bool) statusapi.Peer {
+		return statusapi.Peer{Address: addr, Type: statusapi.PeerTypeNodeSpecific, Established: up}
+	}
+	global := func(addr string, up bool) statusapi.Peer {
+		return statusapi.Peer{Address: addr, Type: statusapi.PeerTypeGlobal, Established: up}
+	}
+	up, down1, down2 := mesh("10.30.0.206", true), mesh("10.30.0.56", false), mesh("10.30.1.66", false)
+	later := ReadinessGrace + time.Second
 	tests := []struct {
-		name   string
-		peers  []statusapi.Peer
-		since  time.Duration
-		ok     bool
-		reason string
+		name     string
+		peers    []statusapi.Peer
+		since    time.Duration
+		explicit ExplicitPeers
+		ok       bool
+		reason   string
 	}{
-		{"no peers", nil, 0, true, ""},
-		{"all up early", []statusapi.Peer{up}, time.Second, true, ""},
-		{"one down early", []statusapi.Peer{up, down1, down2}, 10 * time.Second, false, "BGP not established with 10.30.0.56,10.30.1.66"},
-		{"one up later is enough", []statusapi.Peer{up, down1, down2}, 31 * time.Second, true, ""},
-		{"none up later", []statusapi.Peer{down1, down2}, time.Hour, false, "BGP not established with 10.30.0.56,10.30.1.66"},
+		{"no peers", nil, 0, ExplicitPeersAny, true, ""},
+		{"no peers, all", nil, 0, ExplicitPeersAll, true, ""},
+		{"all up early", []statusapi.Peer{up}, time.Second, ExplicitPeersAny, true, ""},
+		{"one down early", []statusapi.Peer{up, down1, down2}, 10 * time.Second, ExplicitPeersAny, false, "BGP not established with 10.30.0.56,10.30.1.66"},
+		{"one down early, all", []statusapi.Peer{up, down1, down2}, 10 * time.Second, ExplicitPeersAll, false, "BGP not established with 10.30.0.56,10.30.1.66"},
+		{"one up later is enough", []statusapi.Peer{up, down1, down2}, later, ExplicitPeersAny, true, ""},
+		{"none up later", []statusapi.Peer{down1, down2}, time.Hour, ExplicitPeersAny, false, "BGP not established with 10.30.0.56,10.30.1.66"},
+
+		// The case: the only top-of-rack session is down, a mesh session is up.
+		{"ToR down later, any (Calico)", []statusapi.Peer{up, tor("10.30.0.250", false)}, later, ExplicitPeersAny, true, ""},
+		{"ToR down later, all", []statusapi.Peer{up, tor("10.30.0.250", false)}, later, ExplicitPeersAll, false, "BGP not established with 10.30.0.250"},
+		{"global peer down later, all", []statusapi.Peer{up, tor("10.30.0.250", true), global("10.30.0.251", false)}, later, ExplicitPeersAll, false, "BGP not established with 10.30.0.251"},
+		{"explicit peers up, mesh peer down later, all", []statusapi.Peer{down1, tor("10.30.0.250", true), global("10.30.0.251", true)}, later, ExplicitPeersAll, true, ""},
+		{"only the mesh, some down later, all", []statusapi.Peer{up, down1}, later, ExplicitPeersAll, true, ""},
+		{"everything down later, all: every peer named", []statusapi.Peer{down1, tor("10.30.0.250", false)}, later, ExplicitPeersAll, false, "BGP not established with 10.30.0.56,10.30.0.250"},
+		{"ToR down early, any", []statusapi.Peer{up, tor("10.30.0.250", false)}, time.Second, ExplicitPeersAny, false, "BGP not established with 10.30.0.250"},
 	}
 	for _, tt := range tests {
-		ok, reason := Readiness(tt.peers, tt.since)
+		ok, reason := Readiness(tt.peers, tt.since, tt.explicit)
 		if ok != tt.ok || reason != tt.reason {
 			t.Errorf("%s: Readiness = %v %q, want %v %q", tt.name, ok, reason, tt.ok, tt.reason)
+		}
+	}
+}
+
+func TestParseExplicitPeers(t *testing.T) {
+	for in, want := range map[string]ExplicitPeers{"any": ExplicitPeersAny, "all": ExplicitPeersAll} {
+		if got, err := ParseExplicitPeers(in); err != nil || got != want {
+			t.Errorf("ParseExplicitPeers(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "All", "some"} {
+		if _, err := ParseExplicitPeers(in); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%q", in)) {
+			t.Errorf("ParseExplicitPeers(%q): err %v, want one naming the value", in, err)
 		}
 	}
 }

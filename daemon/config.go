@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tabby-net/tabby/bgp"
 	"github.com/tabby-net/tabby/daemon/autodetect"
 	"github.com/tabby-net/tabby/datastore"
 )
@@ -75,6 +76,9 @@ type BGPConfig struct {
 	ConnectRetry time.Duration
 	HoldTime     time.Duration
 	Keepalive    time.Duration
+	// ReadinessExplicitPeers is the readiness rule for explicit BGPPeers' sessions after
+	// the start-up grace (bgp.readiness.explicitPeers).
+	ReadinessExplicitPeers bgp.ExplicitPeers
 }
 
 // DataplaneConfig tunes the kernel side.
@@ -221,6 +225,14 @@ func settings() []setting {
 				return fmt.Errorf("%s must be shorter than bgp.holdTime (%s)", c.BGP.Keepalive, c.BGP.HoldTime)
 			}
 			return nil
+		}},
+		{key: "bgp.readiness.explicitPeers", def: string(bgp.ExplicitPeersAny), apply: func(c *Config, raw any) error {
+			s, err := asString(raw)
+			if err != nil {
+				return err
+			}
+			c.BGP.ReadinessExplicitPeers, err = bgp.ParseExplicitPeers(s)
+			return err
 		}},
 		{key: "dataplane.routeProtocol", def: 95, apply: func(c *Config, raw any) (err error) {
 			if c.Data.RouteProtocol, err = asInt(raw); err != nil {
@@ -405,48 +417,56 @@ func readConfigFile(file string, explicit bool) (map[string]any, error) {
 }
 
 // checkKeys refuses keys tabbyd does not know, so that a typo is not silently ignored.
-// Keys match case-insensitively, as viper matches them.
+// Keys match case-insensitively, as viper matches them; sections nest (bgp.readiness.…).
 func checkKeys(file string, raw map[string]any) error {
 	known := map[string]bool{}
 	sections := map[string]bool{}
 	for _, s := range settings() {
-		known[strings.ToLower(s.key)] = true
-		if sec, _, ok := strings.Cut(s.key, "."); ok {
-			sections[strings.ToLower(sec)] = true
+		key := strings.ToLower(s.key)
+		known[key] = true
+		for i, c := range key {
+			if c == '.' {
+				sections[key[:i]] = true
+			}
 		}
 	}
+	if _, ok := raw[labelsKey]; ok {
+		if _, isMap := raw[labelsKey].(map[string]any); !isMap && raw[labelsKey] != nil {
+			return &ConfigError{Key: labelsKey, Msg: "must be a mapping of label names to values"}
+		}
+	}
+	return checkSection(file, "", raw, known, sections)
+}
+
+// checkSection checks the keys of one mapping, at path (the empty path is the top), and
+// the sections in it in turn.
+func checkSection(file, path string, raw map[string]any, known, sections map[string]bool) error {
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		lk := strings.ToLower(k)
+		full := k
+		if path != "" {
+			full = path + "." + k
+		}
+		lk := strings.ToLower(full)
 		switch {
 		case lk == labelsKey:
-			if _, ok := raw[k].(map[string]any); !ok && raw[k] != nil {
-				return &ConfigError{Key: labelsKey, Msg: "must be a mapping of label names to values"}
-			}
 		case sections[lk]:
 			sub, ok := raw[k].(map[string]any)
 			if !ok {
 				if raw[k] == nil {
 					continue
 				}
-				return &ConfigError{Key: k, Msg: "must be a mapping"}
+				return &ConfigError{Key: full, Msg: "must be a mapping"}
 			}
-			subKeys := make([]string, 0, len(sub))
-			for sk := range sub {
-				subKeys = append(subKeys, sk)
-			}
-			sort.Strings(subKeys)
-			for _, sk := range subKeys {
-				if !known[lk+"."+strings.ToLower(sk)] {
-					return &ConfigError{Key: file, Msg: fmt.Sprintf("unknown key %q", k+"."+sk)}
-				}
+			if err := checkSection(file, full, sub, known, sections); err != nil {
+				return err
 			}
 		case !known[lk]:
-			return &ConfigError{Key: file, Msg: fmt.Sprintf("unknown key %q", k)}
+			return &ConfigError{Key: file, Msg: fmt.Sprintf("unknown key %q", full)}
 		}
 	}
 	return nil

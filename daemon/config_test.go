@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/tabby-net/tabby/bgp"
 	"github.com/tabby-net/tabby/datastore"
 )
 
@@ -41,8 +43,9 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Etcd:          datastore.Config{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/calico"},
-		BGP:           BGPConfig{SecretsDir: "/etc/tabby/secrets", ConnectRetry: 5 * time.Second, HoldTime: 90 * time.Second, Keepalive: 30 * time.Second},
+		Etcd: datastore.Config{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/calico"},
+		BGP: BGPConfig{SecretsDir: "/etc/tabby/secrets", ConnectRetry: 5 * time.Second, HoldTime: 90 * time.Second, Keepalive: 30 * time.Second,
+			ReadinessExplicitPeers: bgp.ExplicitPeersAny},
 		Data:          DataplaneConfig{RouteProtocol: 95, RouteRefreshInterval: 90 * time.Second, IPTablesBackend: "auto"},
 		Labels:        map[string]string{},
 		HealthListen:  "127.0.0.1:9099",
@@ -194,6 +197,10 @@ func TestConfigErrors(t *testing.T) {
 			want: `config: labels: rack: "a b" is not a valid label value`},
 		{name: "keepalive over hold", file: "bgp:\n  holdTime: 9s\n  keepalive: 10s\n",
 			want: "config: bgp.keepalive: 10s must be shorter than bgp.holdTime (9s)"},
+		{name: "readiness rule unknown", file: "bgp:\n  readiness:\n    explicitPeers: some\n",
+			want: `config: bgp.readiness.explicitPeers: "some" is neither "any" nor "all"`},
+		{name: "unknown key two sections down", file: "bgp:\n  readiness:\n    explicitPeer: all\n",
+			want: `config: FILE: unknown key "bgp.readiness.explicitPeer"`},
 		{name: "password not a single value", file: "etcd:\n  password: [Sekr1t]\n",
 			want: "config: etcd.password: must be a single value, not a list"},
 		{name: "not yaml", file: "nodeName: [x\n",

@@ -213,7 +213,7 @@ func (s *bgpSub) peers(ctx context.Context) ([]statusapi.Peer, string) {
 // readiness is BGP's part of readiness: "" or "BGP not established with …", and why the
 // session table is old.
 func (s *bgpSub) readiness(peers []statusapi.Peer, stale string, sinceStart time.Duration) string {
-	_, reason := bgp.Readiness(peers, sinceStart)
+	_, reason := bgp.Readiness(peers, sinceStart, s.d.cfg.BGP.ReadinessExplicitPeers)
 	var lines []string
 	for _, l := range []string{stale, reason} {
 		if l != "" {
