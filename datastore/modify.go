@@ -13,10 +13,11 @@ import (
 )
 
 // The one read-modify-write of a stored document (SPEC §2 and §2a). Every write that
-// starts from what is stored goes through Modify (one key) or builds its transaction from
-// KV.Put (several keys) inside a Retry: the new value is Overlay'd on the stored JSON, so
-// fields the writer does not model survive, and the write is a compare-and-swap on the
-// revision that was read.
+// starts from what is stored goes through Modify (one key; ModifyJSON for a typed
+// document), or, when one transaction writes several keys (IPAM's block and handles),
+// encodes each with Overlay on what it read and conditions it on KV.Condition, inside a
+// Retry: fields the writer does not model survive, and the write is a compare-and-swap on
+// the revision that was read.
 
 // ErrTooManyConflicts: a compare-and-swap loop ran out of attempts because other writers
 // kept changing what it read. The error also wraps the last refusal (ErrConflict, …).
@@ -141,17 +142,6 @@ func (kv KV) Condition() clientv3.Cmp {
 		return clientv3.Compare(clientv3.Version(kv.Key), "=", 0)
 	}
 	return clientv3.Compare(clientv3.ModRevision(kv.Key), "=", kv.ModRevision)
-}
-
-// Put returns the condition and the operation that write v over kv for a transaction of
-// several keys: v is Overlay'd on kv.Value and the write is conditional on kv.Condition.
-// It also returns the encoded value.
-func (kv KV) Put(v any) (clientv3.Cmp, clientv3.Op, []byte, error) {
-	b, err := Overlay(kv.Value, v)
-	if err != nil {
-		return clientv3.Cmp{}, clientv3.Op{}, nil, fmt.Errorf("encode %s: %w", kv.Key, err)
-	}
-	return kv.Condition(), clientv3.OpPut(kv.Key, string(b)), b, nil
 }
 
 // ModifyJSON is Modify for a document that the caller handles as a T: the stored document
