@@ -275,6 +275,9 @@ func TestCalicoInterop(t *testing.T) {
 		if !regexp.MustCompile(`StrictAffinity\s*\|\s*false`).MatchString(out) || !regexp.MustCompile(`MaxBlocksPerHost\s*\|\s*0\s`).MatchString(out) {
 			t.Errorf("calicoctl reads tabby's configuration as:\n%s", out)
 		}
+		if tout := l.mustTabby("", "ipam", "show", "--show-configuration"); tout != out {
+			t.Errorf("ipam show --show-configuration differs:\ncalicoctl:\n%s\ntabbyctl:\n%s", out, tout)
+		}
 		blocks := l.mustCalico("", "ipam", "show", "--show-blocks")
 		for _, b := range []string{"10.95.0.0/32", "10.95.0.21/32"} {
 			if !strings.Contains(blocks, b) && !strings.Contains(blocks, strings.TrimSuffix(b, "/32")) {

@@ -48,17 +48,21 @@ func parseIPFlag(s string) (netip.Addr, error) {
 }
 
 func newIPAMShowCmd(opts *globalOptions) *cobra.Command {
-	var showBlocks bool
+	var showBlocks, showConfiguration bool
 	var ipFlag string
 	cmd := &cobra.Command{
-		Use:   "show [--show-blocks] [--ip=IP]",
+		Use:   "show [--show-blocks] [--ip=IP] [--show-configuration]",
 		Short: "show how full the IP pools and their blocks are, or who holds one address",
 		Long: `Prints one row per IP pool (and, with --show-blocks, per block) with the number of
 addresses in total, in use and free, as calicoctl ipam show does. With --ip, says whether
 that address is in use and by which handle, with its attributes ("node" names the node that
-uses it, "type" marks tunnel addresses).`,
+uses it, "type" marks tunnel addresses). With --show-configuration, prints the IPAM
+configuration in force (strict affinity, automatic blocks, block limit per host).`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if showConfiguration {
+				return writeIPAMConfiguration(cmd, opts)
+			}
 			var ip netip.Addr
 			if cmd.Flags().Changed("ip") {
 				var err error
@@ -89,7 +93,31 @@ uses it, "type" marks tunnel addresses).`,
 	}
 	cmd.Flags().BoolVar(&showBlocks, "show-blocks", false, "show every block as well as the pools")
 	cmd.Flags().StringVar(&ipFlag, "ip", "", "report whether this address is in use, and by whom")
+	cmd.Flags().BoolVar(&showConfiguration, "show-configuration", false, "show the IPAM configuration")
 	return cmd
+}
+
+// writeIPAMConfiguration prints the IPAM configuration in force as calicoctl's
+// `ipam show --show-configuration` does.
+func writeIPAMConfiguration(cmd *cobra.Command, opts *globalOptions) error {
+	c, err := opts.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
+	defer cancel()
+	cfg, err := c.GetIPAMConfiguration(ctx)
+	if err != nil {
+		return err
+	}
+	s := cfg.Spec
+	auto := s.AutoAllocateBlocks == nil || *s.AutoAllocateBlocks
+	return writeTable(cmd.OutOrStdout(), []string{"PROPERTY", "VALUE"}, [][]string{
+		{"StrictAffinity", strconv.FormatBool(s.StrictAffinity)},
+		{"AutoAllocateBlocks", strconv.FormatBool(auto)},
+		{"MaxBlocksPerHost", strconv.Itoa(int(s.MaxBlocksPerHost))},
+	})
 }
 
 func newIPAMCheckCmd(opts *globalOptions) *cobra.Command {

@@ -48,6 +48,17 @@ func TestIPAMConfigure(t *testing.T) {
 	if r := ctl(t, e, "", "get", "ipamconfig", "-o", "wide").must(t); !strings.Contains(r.stdout, "default   true             21                 true") {
 		t.Errorf("get ipamconfig -o wide:\n%s", r.stdout)
 	}
+	const table = `+--------------------+-------+
+|      PROPERTY      | VALUE |
++--------------------+-------+
+| StrictAffinity     | true  |
+| AutoAllocateBlocks | true  |
+| MaxBlocksPerHost   |    21 |
++--------------------+-------+
+`
+	if r := ctl(t, e, "", "ipam", "show", "--show-configuration").must(t); r.stdout != table {
+		t.Errorf("ipam show --show-configuration:\n%s\nwant\n%s", r.stdout, table)
+	}
 	r = ctl(t, e, "", "ipam", "configure", "--strictaffinity=false")
 	if r.code != 1 || !strings.Contains(r.stderr, "spec.maxBlocksPerHost") {
 		t.Errorf("strict affinity off with a limit: code %d, stderr %q; want a refusal naming spec.maxBlocksPerHost", r.code, r.stderr)
