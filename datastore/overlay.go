@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
@@ -176,14 +175,11 @@ type field struct {
 	omitEmpty bool
 }
 
-var fieldCache sync.Map // reflect.Type → []field
-
 // structFields lists the JSON members of a struct type as encoding/json sees them:
-// exported fields under their tag names, untagged embedded structs inlined.
+// exported fields under their tag names, untagged embedded structs inlined. (Not cached:
+// a write looks at a handful of structs, and a cache would be state shared by every
+// client in the process.)
 func structFields(t reflect.Type) []field {
-	if fs, ok := fieldCache.Load(t); ok {
-		return fs.([]field)
-	}
 	var fs []field
 	var walk func(t reflect.Type, index []int)
 	walk = func(t reflect.Type, index []int) {
@@ -209,7 +205,6 @@ func structFields(t reflect.Type) []field {
 		}
 	}
 	walk(t, nil)
-	fieldCache.Store(t, fs)
 	return fs
 }
 
