@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tabby-net/tabby/bgp/secret"
 	"github.com/tabby-net/tabby/cmd/tabbyctl/internal/diagnose"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
@@ -25,6 +26,7 @@ import (
 // interface that holds the node address, and its real prefix).
 func newNodeDiagnoseCmd(opts *globalOptions) *cobra.Command {
 	var timeout time.Duration
+	var secretsDir string
 	cmd := &cobra.Command{
 		Use:   "diagnose",
 		Short: "check BGP, tunnels, the fabric's source/destination check, MTU and the node address from this host",
@@ -36,7 +38,7 @@ Prints every finding with its fix; exits 1 when it finds a problem.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			in, err := gatherDiagnoseInput(ctx, opts)
+			in, err := gatherDiagnoseInput(ctx, opts, secretsDir)
 			if err != nil {
 				return err
 			}
@@ -50,12 +52,13 @@ Prints every finding with its fix; exits 1 when it finds a problem.`,
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "probe-timeout", 2*time.Second, "how long each probe waits for an answer")
+	cmd.Flags().StringVar(&secretsDir, "secrets-dir", "/etc/tabby/secrets", "tabbyd's bgp.secretsDir: BGP passwords are read from it to probe TCP 179 as BGP does (root only)")
 	return cmd
 }
 
 // gatherDiagnoseInput reads the local tabbyd's status, the datastore and the local
 // interfaces into a diagnose.Input.
-func gatherDiagnoseInput(ctx context.Context, opts *globalOptions) (diagnose.Input, error) {
+func gatherDiagnoseInput(ctx context.Context, opts *globalOptions, secretsDir string) (diagnose.Input, error) {
 	fetchCtx, cancel := context.WithTimeout(ctx, opts.timeout)
 	defer cancel()
 	st, err := statusapi.Fetch(fetchCtx, opts.socketPath())
@@ -97,7 +100,69 @@ func gatherDiagnoseInput(ctx context.Context, opts *globalOptions) (diagnose.Inp
 			enabled = append(enabled, p)
 		}
 	}
-	return diagnose.Input{Local: local, Peers: st.Peers, Nodes: nodes, Pools: enabled}, nil
+	bgpPeers, err := ds.ListBGPPeers(fetchCtx)
+	if err != nil {
+		return diagnose.Input{}, fmt.Errorf("read the BGP peers from etcd: %w", err)
+	}
+	bgpConfigs, err := ds.ListBGPConfigurations(fetchCtx)
+	if err != nil {
+		return diagnose.Input{}, fmt.Errorf("read the BGP configurations from etcd: %w", err)
+	}
+	keys := peerKeys(st.Peers, bgpPeers, bgpConfigs, secretsDir)
+	return diagnose.Input{Local: local, Peers: st.Peers, Nodes: nodes, Pools: enabled, Keys: keys}, nil
+}
+
+// peerKeys reads the TCP-MD5 password of each session that has one, from the secret file
+// tabbyd reads: nodeMeshPassword for mesh sessions, the BGPPeer's password for a peer
+// with that peerIP. A password that cannot be read here (tabbyctl not run as root) is
+// noted with the reason, so that the diagnosis does not call its silence a blocked port.
+func peerKeys(peers []statusapi.Peer, bgpPeers []*datastore.BGPPeer, configs []*datastore.BGPConfiguration, secretsDir string) map[netip.Addr]diagnose.PeerKey {
+	var meshRef *datastore.SecretKeyRef
+	for _, c := range configs {
+		if c.Metadata.Name == "default" && c.Spec.NodeMeshPassword != nil {
+			meshRef = c.Spec.NodeMeshPassword.SecretKeyRef
+		}
+	}
+	refFor := func(p statusapi.Peer, addr netip.Addr) *datastore.SecretKeyRef {
+		if p.Type == statusapi.PeerTypeMesh {
+			return meshRef
+		}
+		for _, bp := range bgpPeers {
+			if bp.Spec.Password == nil || bp.Spec.Password.SecretKeyRef == nil {
+				continue
+			}
+			if a, err := peerIPAddr(bp.Spec.PeerIP); err == nil && a == addr {
+				return bp.Spec.Password.SecretKeyRef
+			}
+		}
+		return nil
+	}
+	keys := map[netip.Addr]diagnose.PeerKey{}
+	for _, p := range peers {
+		addr, err := peerIPAddr(p.Address)
+		if err != nil {
+			continue
+		}
+		ref := refFor(p, addr)
+		if ref == nil {
+			continue
+		}
+		key, err := secret.Read(secretsDir, ref.Name, ref.Key)
+		if err != nil {
+			keys[addr] = diagnose.PeerKey{Unreadable: err.Error()}
+			continue
+		}
+		keys[addr] = diagnose.PeerKey{Key: key}
+	}
+	return keys
+}
+
+// peerIPAddr reads "10.0.0.1" or "10.0.0.1:1790" (a peerIP, or a status address).
+func peerIPAddr(s string) (netip.Addr, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr(), nil
+	}
+	return netip.ParseAddr(s)
 }
 
 // localView is this host as tabbyd and the datastore describe it. The node address is the

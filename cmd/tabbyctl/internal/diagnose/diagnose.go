@@ -8,11 +8,13 @@ package diagnose
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
 
+	"github.com/tabby-net/tabby/bgp/secret"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/statusapi"
 )
@@ -39,12 +41,24 @@ type Input struct {
 	Peers []statusapi.Peer
 	Nodes []*datastore.Node
 	Pools []*datastore.IPPool
+	// Keys holds, by peer address, the TCP-MD5 password of each peer that has one.
+	Keys map[netip.Addr]PeerKey
+}
+
+// PeerKey is what this host knows of a peer's BGP password.
+type PeerKey struct {
+	// Key is the password, read from the secret file tabbyd reads (SPEC §7); zero when
+	// it could not be read here.
+	Key secret.Secret
+	// Unreadable says why the password could not be read here (not root, missing file).
+	Unreadable string
 }
 
 // Prober sends the probes. The real one uses the kernel; tests use a fake fabric.
 type Prober interface {
-	// TCP connects to addr:port.
-	TCP(ctx context.Context, addr netip.AddrPort) error
+	// TCP connects to addr:port, signing with key (TCP-MD5) unless it is zero. A SYN
+	// that gets no answer fails with ErrNoAnswer, a refused one with ErrRefused.
+	TCP(ctx context.Context, addr netip.AddrPort, key secret.Secret) error
 	// Ping sends ICMP echo requests of size bytes of payload to dst, with the DF bit
 	// when df, and reports whether a reply came back.
 	Ping(ctx context.Context, dst netip.Addr, size int, df bool) error
@@ -159,7 +173,7 @@ func Run(ctx context.Context, in Input, p Prober) *Report {
 			continue
 		}
 		pr := PeerReport{Address: addr}
-		pr.Results = append(pr.Results, r.checkBGP(ctx, p, addr, bp))
+		pr.Results = append(pr.Results, r.checkBGP(ctx, p, addr, bp, in.Keys[addr]))
 		r.Peers = append(r.Peers, pr)
 	}
 	sort.SliceStable(r.Peers, func(i, j int) bool { return r.Peers[i].Address.Less(r.Peers[j].Address) })
@@ -179,7 +193,7 @@ func (r *Report) diagnoseNode(ctx context.Context, in Input, p Prober, n *datast
 	}
 	add(CheckReach, "ok")
 	if isPeer {
-		add(CheckBGP, r.checkBGP(ctx, p, addr, bp).Status)
+		add(CheckBGP, r.checkBGP(ctx, p, addr, bp, in.Keys[addr]).Status)
 	} else {
 		add(CheckBGP, "n/a")
 	}
@@ -220,24 +234,51 @@ func (r *Report) hostFinding(f Finding) {
 	r.Findings = append(r.Findings, f)
 }
 
-func (r *Report) checkBGP(ctx context.Context, p Prober, addr netip.Addr, bp statusapi.Peer) Result {
+// checkBGP checks TCP to the peer's BGP port as BGP connects: with the peer's password
+// when it has one. An Established session is proof enough: TCP works, password included,
+// and a probe that fails for a reason of its own (no key here) must not say otherwise.
+func (r *Report) checkBGP(ctx context.Context, p Prober, addr netip.Addr, bp statusapi.Peer, key PeerKey) Result {
 	port := uint16(179)
 	if ap, err := parsePeerAddr(bp.Address); err == nil && ap.Port() != 0 {
 		port = ap.Port()
 	}
-	if err := p.TCP(ctx, netip.AddrPortFrom(addr, port)); err != nil {
-		r.Findings = append(r.Findings, Finding{Peer: addr.String(), Check: CheckBGP,
-			Problem: fmt.Sprintf("TCP %d to %s fails (%v): BGP cannot establish, so routes are not exchanged (BGP session: %s)", port, addr, err, bp.Info),
-			Fix:     fmt.Sprintf("open TCP %d between the hosts in the security group", port)})
-		return Result{Check: CheckBGP, Status: "FAIL"}
+	if bp.Established {
+		return Result{Check: CheckBGP, Status: "ok (session Established)"}
 	}
-	if bp.Address != "" && !bp.Established {
-		r.Findings = append(r.Findings, Finding{Peer: addr.String(), Check: CheckBGP,
-			Problem: fmt.Sprintf("TCP %d to %s is open but the BGP session is %s (%s)", port, addr, bp.State, bp.Info),
-			Fix:     "check the AS numbers and the BGP password of both sides"})
-		return Result{Check: CheckBGP, Status: "FAIL"}
+	ap := netip.AddrPortFrom(addr, port)
+	fail := func(status, problem, fix string) Result {
+		r.Findings = append(r.Findings, Finding{Peer: addr.String(), Check: CheckBGP, Problem: problem, Fix: fix})
+		return Result{Check: CheckBGP, Status: status}
 	}
-	return Result{Check: CheckBGP, Status: "ok"}
+	session := ""
+	if bp.Address != "" {
+		session = fmt.Sprintf(" (BGP session: %s)", bp.Info)
+	}
+	err := p.TCP(ctx, ap, key.Key)
+	switch {
+	case err == nil && bp.Address != "":
+		return fail("FAIL", fmt.Sprintf("TCP %d to %s is open but the BGP session is %s (%s)", port, addr, bp.State, bp.Info),
+			"check the AS numbers and the BGP password of both sides")
+	case err == nil:
+		return Result{Check: CheckBGP, Status: "ok"}
+	case errors.Is(err, ErrNoAnswer) && !key.Key.IsZero():
+		// A peer with another password drops the signed SYN as a firewall would; the
+		// same SYN unsigned tells them apart when it is answered.
+		if plain := p.TCP(ctx, ap, secret.Secret{}); plain == nil || errors.Is(plain, ErrRefused) {
+			return fail("FAIL (password not expected by the peer)",
+				fmt.Sprintf("TCP %d to %s answers without a password but not with this host's TCP-MD5 password: the peer has no password for this host%s", port, addr, session),
+				"set the same password on the peer, or remove it from the BGPPeer / nodeMeshPassword")
+		}
+		return fail("FAIL (password mismatched or port blocked)",
+			fmt.Sprintf("TCP %d to %s with this host's TCP-MD5 password gets no answer: the peer's password differs (it drops wrongly signed packets silently), or TCP %d is blocked%s", port, addr, port, session),
+			fmt.Sprintf("check that the peer has the same password as this host's secret file, and open TCP %d between the hosts", port))
+	case errors.Is(err, ErrNoAnswer) && key.Unreadable != "":
+		return fail("FAIL (password required or mismatched)",
+			fmt.Sprintf("TCP %d to %s without a password gets no answer, as a peer with a TCP-MD5 password answers none; the password could not be read here (%s), so a blocked port cannot be told apart%s", port, addr, key.Unreadable, session),
+			"run node diagnose as root so that it probes with the password, and check that both sides have the same password")
+	}
+	return fail("FAIL", fmt.Sprintf("TCP %d to %s fails (%v): BGP cannot establish, so routes are not exchanged%s", port, addr, err, session),
+		fmt.Sprintf("open TCP %d between the hosts in the security group", port))
 }
 
 // tunnelProbe pings the peer's tunnel address: the route to it goes through the tunnel,

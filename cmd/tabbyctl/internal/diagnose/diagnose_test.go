@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tabby-net/tabby/bgp/secret"
 	"github.com/tabby-net/tabby/datastore"
 	"github.com/tabby-net/tabby/internal/checksum"
 	"github.com/tabby-net/tabby/internal/statusapi"
@@ -17,17 +18,25 @@ import (
 // faults of the lab.
 type fabric struct {
 	bgpClosed, ipipDropped, vxlanDropped, poolDropped bool
+	bgpPassword                                       string // the peers' TCP-MD5 password
 	crossSubnetPoolDropped                            bool
 	pathMTU                                           int
 	tunnels                                           map[netip.Addr]netip.Addr // tunnel address → host
 	local                                             netip.Prefix
 }
 
-func (f *fabric) TCP(_ context.Context, a netip.AddrPort) error {
-	if f.bgpClosed {
-		return errors.New("no answer (packets dropped)")
+func (f *fabric) TCP(_ context.Context, a netip.AddrPort, key secret.Secret) error {
+	if f.bgpClosed || key.Reveal() != f.bgpPassword {
+		return ErrNoAnswer // a peer with a TCP-MD5 password drops what is not signed with it
 	}
 	return nil
+}
+
+// sessionsDown puts every BGP session of the input in Active, as when TCP 179 is closed.
+func sessionsDown(in *Input) {
+	for i := range in.Peers {
+		in.Peers[i].State, in.Peers[i].Info, in.Peers[i].Established = "start", "Active: no response (check TCP 179 / MD5 password)", false
+	}
 }
 
 func (f *fabric) Ping(_ context.Context, dst netip.Addr, size int, df bool) error {
@@ -100,8 +109,37 @@ func TestDiagnose(t *testing.T) {
 		{name: "healthy IPIP", pool: pool(datastore.EncapAlways, datastore.EncapNever), fault: func(*fabric, *Input) {}},
 		{name: "healthy Direct", pool: pool(datastore.EncapNever, datastore.EncapNever), fault: func(*fabric, *Input) {}},
 		{name: "TCP 179 closed", pool: pool(datastore.EncapAlways, datastore.EncapNever),
-			fault:     func(f *fabric, _ *Input) { f.bgpClosed = true },
+			fault:     func(f *fabric, in *Input) { f.bgpClosed = true; sessionsDown(in) },
 			wantFixes: []string{"open TCP 179"}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
+		// The probe's own failure never contradicts an Established session.
+		{name: "TCP 179 probe fails, sessions Established", pool: pool(datastore.EncapAlways, datastore.EncapNever),
+			fault: func(f *fabric, _ *Input) { f.bgpClosed = true }},
+		{name: "mesh password, sessions Established, key not readable here", pool: pool(datastore.EncapAlways, datastore.EncapNever),
+			fault: func(f *fabric, in *Input) {
+				f.bgpPassword = "s3cret"
+				in.Keys = meshKeys(PeerKey{Unreadable: "permission denied"})
+			}},
+		{name: "mesh password, sessions down, key not readable here", pool: pool(datastore.EncapAlways, datastore.EncapNever),
+			fault: func(f *fabric, in *Input) {
+				f.bgpPassword = "s3cret"
+				sessionsDown(in)
+				in.Keys = meshKeys(PeerKey{Unreadable: "permission denied"})
+			},
+			wantFixes: []string{"run node diagnose as root"}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
+		{name: "mesh password, sessions down, other password here", pool: pool(datastore.EncapAlways, datastore.EncapNever),
+			fault: func(f *fabric, in *Input) {
+				f.bgpPassword = "s3cret"
+				sessionsDown(in)
+				in.Keys = meshKeys(PeerKey{Key: secret.New("other")})
+			},
+			wantFixes: []string{"check that the peer has the same password"}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
+		{name: "mesh password, sessions down, right password: TCP is fine", pool: pool(datastore.EncapAlways, datastore.EncapNever),
+			fault: func(f *fabric, in *Input) {
+				f.bgpPassword = "s3cret"
+				sessionsDown(in)
+				in.Keys = meshKeys(PeerKey{Key: secret.New("s3cret")})
+			},
+			wantFixes: []string{"check the AS numbers"}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
 		{name: "protocol 4 dropped", pool: pool(datastore.EncapAlways, datastore.EncapNever),
 			fault:     func(f *fabric, _ *Input) { f.ipipDropped = true },
 			wantFixes: []string{"allow IP protocol 4"}, wantPeers: []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"}},
@@ -168,6 +206,34 @@ func TestDiagnose(t *testing.T) {
 				t.Errorf("findings name %v, want exactly %v:\n%s", named, tc.wantPeers, out.String())
 			}
 		})
+	}
+}
+
+// meshKeys gives every mesh peer of articlesInput the same key.
+func meshKeys(k PeerKey) map[netip.Addr]PeerKey {
+	keys := map[netip.Addr]PeerKey{}
+	for _, a := range []string{"10.30.0.136", "10.30.0.56", "10.30.1.66"} {
+		keys[netip.MustParseAddr(a)] = k
+	}
+	return keys
+}
+
+// TestDiagnoseNamesPasswordNotPort: where the password cannot be read, a silent TCP 179 is
+// reported as a password matter, never as a blocked port.
+func TestDiagnoseNamesPasswordNotPort(t *testing.T) {
+	in := articlesInput(pool(datastore.EncapAlways, datastore.EncapNever))
+	sessionsDown(&in)
+	in.Keys = meshKeys(PeerKey{Unreadable: "open /etc/tabby/secrets/mesh/password: permission denied"})
+	f := newFabric()
+	f.bgpPassword = "s3cret"
+	r := Run(context.Background(), in, f)
+	var out bytes.Buffer
+	Print(&out, r)
+	if strings.Contains(out.String(), "open TCP 179") {
+		t.Errorf("a peer that wants a password reported as a blocked port:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "password required or mismatched") {
+		t.Errorf("no \"password required or mismatched\" in:\n%s", out.String())
 	}
 }
 

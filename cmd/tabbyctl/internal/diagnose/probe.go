@@ -10,11 +10,13 @@ import (
 	"net/netip"
 	"os/exec"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/tabby-net/tabby/bgp/secret"
 	"github.com/tabby-net/tabby/internal/checksum"
 )
 
@@ -32,21 +34,67 @@ func (k KernelProber) timeout() time.Duration {
 	return k.Timeout
 }
 
-// TCP connects to addr and closes at once.
-func (k KernelProber) TCP(ctx context.Context, addr netip.AddrPort) error {
+// Why a TCP probe failed, for the diagnosis to tell a dropped SYN (a blocked port, or a
+// peer that wants another TCP-MD5 key) from a refused one.
+var (
+	ErrNoAnswer = errors.New("no answer (packets dropped)")
+	ErrRefused  = errors.New("connection refused")
+)
+
+// TCP connects to addr and closes at once. With a key it connects as BGP does with a
+// password: the socket carries the peer's TCP-MD5 key (TCP_MD5SIG) before the SYN leaves,
+// since a peer with a password drops every segment without the right signature.
+func (k KernelProber) TCP(ctx context.Context, addr netip.AddrPort, key secret.Secret) error {
 	d := net.Dialer{Timeout: k.timeout()}
+	if !key.IsZero() {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = setTCPMD5Key(int(fd), addr.Addr(), key) }); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
 	c, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		var errno unix.Errno
 		if errors.As(err, &errno) && errno == unix.ECONNREFUSED {
-			return errors.New("connection refused")
+			return ErrRefused
 		}
 		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
-			return errors.New("no answer (packets dropped)")
+			return ErrNoAnswer
 		}
 		return err
 	}
 	return c.Close()
+}
+
+// setTCPMD5Key sets the TCP-MD5 key for segments to and from peer on the socket fd
+// (RFC 2385, Linux's TCP_MD5SIG): on a dialling socket it signs the connection, on a
+// listening one it accepts peer's signed connections.
+func setTCPMD5Key(fd int, peer netip.Addr, key secret.Secret) error {
+	text := key.Reveal()
+	if len(text) > unix.TCP_MD5SIG_MAXKEYLEN {
+		return fmt.Errorf("the TCP-MD5 key for %s is longer than %d bytes", peer, unix.TCP_MD5SIG_MAXKEYLEN)
+	}
+	sig := unix.TCPMD5Sig{Keylen: uint16(len(text))}
+	copy(sig.Key[:], text)
+	peer = peer.Unmap()
+	if peer.Is4() {
+		// sockaddr_in after the family: port (2 bytes, unused here), then the address.
+		sig.Addr.Family = unix.AF_INET
+		a := peer.As4()
+		copy(sig.Addr.Data[2:], a[:])
+	} else {
+		// sockaddr_in6 after the family: port (2), flow info (4), then the address.
+		sig.Addr.Family = unix.AF_INET6
+		a := peer.As16()
+		copy(sig.Addr.Data[6:], a[:])
+	}
+	if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig); err != nil {
+		return fmt.Errorf("set the TCP-MD5 key for %s: %w", peer, err)
+	}
+	return nil
 }
 
 func isTimeout(err error) bool {
