@@ -64,10 +64,10 @@ func (w *SecretsWatcher) Run(ctx context.Context) error {
 	watching := w.watchAll(fw, false)
 	retry := time.NewTicker(secretsRetry)
 	defer retry.Stop()
-	settle := time.NewTimer(0)
-	if !settle.Stop() {
-		<-settle.C
-	}
+	// Armed by each event; stopped until the first (since Go 1.23 a stopped timer's
+	// channel delivers nothing stale).
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
