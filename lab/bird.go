@@ -116,35 +116,27 @@ func (c *Cluster) WaitBirdRoutes(ctx context.Context, timeout time.Duration) err
 		return err
 	}
 	defer ds.Close()
-	deadline := time.Now().Add(timeout)
-	for {
-		var missing []string
+	return poll(ctx, timeout, 250*time.Millisecond, func() error {
 		st, err := ReadState(ctx, ds)
-		if err == nil {
-			var routes string
-			routes, err = c.BirdRoutes(ctx)
-			for cidr := range st.Blocks {
-				if _, owned := st.Owner(cidr); owned && !strings.Contains(routes, cidr.String()+" ") {
-					missing = append(missing, cidr.String())
-				}
+		if err != nil {
+			return fmt.Errorf("BIRD on the router: %w", err)
+		}
+		routes, err := c.BirdRoutes(ctx)
+		if err != nil {
+			return fmt.Errorf("BIRD on the router: %w", err)
+		}
+		var missing []string
+		for cidr := range st.Blocks {
+			if _, owned := st.Owner(cidr); owned && !strings.Contains(routes, cidr.String()+" ") {
+				missing = append(missing, cidr.String())
 			}
 		}
-		if err == nil && len(missing) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				return fmt.Errorf("BIRD on the router: %w", err)
-			}
+		if len(missing) > 0 {
 			sort.Strings(missing)
-			return fmt.Errorf("BIRD on the router has not learned %s after %s", strings.Join(missing, ", "), timeout)
+			return fmt.Errorf("BIRD on the router has not learned %s", strings.Join(missing, ", "))
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
 // BirdRunning reports whether the router's BIRD runs.

@@ -265,28 +265,7 @@ func (c *Cluster) StartEtcd(ctx context.Context) error {
 		"etcd", "--data-dir", filepath.Join(c.StateDir, "etcd"), "--listen", strings.Join(listen, ",")); err != nil {
 		return err
 	}
-	ds, err := c.Datastore()
-	if err != nil {
-		return err
-	}
-	defer ds.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		probeCtx, cancel := context.WithTimeout(ctx, time.Second)
-		_, _, err := ds.List(probeCtx, ds.Keys.IPAMConfig())
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("etcd in %s did not answer within 30s (log %s): %w", c.Topo.RouterNS(), c.logFile("etcd"), err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return c.waitEtcd(ctx, 30*time.Second)
 }
 
 // Ctl runs tabbyctl on a host against the lab's etcd and returns its output.

@@ -48,30 +48,22 @@ func (t *Topology) NATRulePresent(ctx context.Context, host string) (bool, error
 
 // WaitNAT waits until every host's MASQUERADE rule is present (on) or gone (off).
 func (c *Cluster) WaitNAT(ctx context.Context, on bool, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	return poll(ctx, timeout, 200*time.Millisecond, func() error {
 		var wrong []string
 		for _, h := range c.Topo.Hosts {
 			present, err := c.Topo.NATRulePresent(ctx, h.Name)
 			if err != nil {
-				return err
+				return stopPolling(err)
 			}
 			if present != on {
 				wrong = append(wrong, h.Name)
 			}
 		}
-		if len(wrong) == 0 {
-			return nil
+		if len(wrong) > 0 {
+			return fmt.Errorf("NAT outgoing rule still %s on %s", map[bool]string{true: "missing", false: "present"}[on], strings.Join(wrong, ", "))
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("NAT outgoing rule still %s on %s after %s", map[bool]string{true: "missing", false: "present"}[on], strings.Join(wrong, ", "), timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
 // cmdOutput runs a command under ctx and returns its standard output.

@@ -357,22 +357,13 @@ func (c *Cluster) waitEtcd(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	defer ds.Close()
-	deadline := time.Now().Add(timeout)
-	for {
+	return poll(ctx, timeout, 100*time.Millisecond, func() error {
 		probeCtx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
 		// A key the admin role may read once RBAC is on.
-		_, err := ds.Etcd().Get(probeCtx, ds.Keys.IPAMConfig(), clientv3.WithCountOnly())
-		cancel()
-		if err == nil {
-			return nil
+		if _, err := ds.Etcd().Get(probeCtx, ds.Keys.IPAMConfig(), clientv3.WithCountOnly()); err != nil {
+			return fmt.Errorf("etcd in %s does not answer (logs in %s): %w", c.Topo.RouterNS(), c.StateDir, err)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("etcd in %s did not answer within %s: %w", c.Topo.RouterNS(), timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }

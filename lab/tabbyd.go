@@ -230,31 +230,23 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration, hosts ..
 			hosts = append(hosts, h.Name)
 		}
 	}
-	deadline := time.Now().Add(timeout)
-	for {
+	return poll(ctx, timeout, 200*time.Millisecond, func() error {
 		var notReady []string
 		for _, h := range hosts {
 			// A tabbyd that exited will not become ready: say so now, with its last words.
 			if pid, err := readPID(c.pidFile("tabbyd-" + h)); err == nil && pid > 0 && !pidRuns(pid, "") {
-				return fmt.Errorf("tabbyd on %s exited: %s", h, namedns.TailFile(c.logFile("tabbyd-"+h), 1))
+				return stopPolling(fmt.Errorf("tabbyd on %s exited: %s", h, namedns.TailFile(c.logFile("tabbyd-"+h), 1)))
 			}
 			ok, body, err := c.Readiness(ctx, h)
 			if err != nil || !ok {
 				notReady = append(notReady, fmt.Sprintf("%s: %s%v", h, body, errOrEmpty(err)))
 			}
 		}
-		if len(notReady) == 0 {
-			return nil
+		if len(notReady) > 0 {
+			return fmt.Errorf("not ready: %s", strings.Join(notReady, "; "))
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %s: %s", timeout, strings.Join(notReady, "; "))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
 func errOrEmpty(err error) string {
