@@ -67,11 +67,13 @@ calicoctl:
 	GO='$(GO)' CALICOCTL_CACHE='$(CALICOCTL_CACHE)' ./scripts/calicoctl.sh
 
 # Every test: unit, etcd, root network-namespace and end-to-end tests (with the real
-# calicoctl); the short ones again under the race detector; the VM tests.
+# calicoctl); the short ones again under the race detector; the VM tests; the rollout
+# suite (Debian hosts under systemd).
 test: deps lint build check-ansible calicoctl
 	TABBY_CALICOCTL='$(CALICOCTL)' $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) test-race
 	$(MAKE) test-vm
+	$(MAKE) test-rollout
 
 # The -short tests under the race detector (about 2 minutes on 2 cores): the daemon's
 # subsystems, the syncer and the BGP speaker run in goroutines of their own. The race
@@ -98,7 +100,7 @@ test-vm: deps
 	  VM_STEP_TIMEOUT='$(VM_STEP_TIMEOUT)' ./lab/vm/run.sh
 
 # Syntax-checks the Ansible role and renders its config template for the example inventory
-# (no host is contacted); installs Debian's ansible-core if needed, or says why it skips.
+# (no host is contacted); installs Debian's ansible-core if needed.
 .PHONY: check-ansible
 check-ansible:
 	./configs/ansible/tests/check.sh
@@ -107,7 +109,10 @@ check-ansible:
 # with lintian. The version comes from git describe (packaging/deb/version.sh); binaries
 # are stripped and built with -trimpath, so a tree builds the same package twice, and a
 # package already built and checked is taken from DEB_CACHE.
-DEB_VERSION ?= $(shell ./packaging/deb/version.sh 2>/dev/null || echo 0.0+unknown)
+# Evaluated once, so that a tree edited while make runs cannot change it half-way.
+ifndef DEB_VERSION
+DEB_VERSION := $(shell ./packaging/deb/version.sh 2>/dev/null || echo 0.0+unknown)
+endif
 DIST := dist
 DEB_CACHE ?= /var/cache/tabby-deb
 DEB_APT_PACKAGES := dpkg-dev lintian
@@ -119,6 +124,29 @@ deb:
 	$(GO) build -trimpath -ldflags '-s -w -X $(PKG)/internal/version.Version=$(DEB_VERSION)' \
 	  -o $(BIN)/deb/ ./cmd/tabbyd ./cmd/tabbyctl ./cmd/tabby-cni
 	BIN_DIR=$(BIN)/deb VERSION='$(DEB_VERSION)' OUT_DIR=$(DIST) DEB_CACHE='$(DEB_CACHE)' ./packaging/deb/build.sh
+
+# The rollout suite (lab/rollout): Debian hosts booted with systemd (systemd-nspawn) in the
+# lab's namespaces, tabby installed from the package by the Ansible role over SSH, tabbyd
+# under its unit, a rolling upgrade to two later versions of the same tree. The hosts' root
+# file system is built once (debootstrap) and cached in ROOTFS_CACHE.
+ROLLOUT_APT_PACKAGES := debootstrap systemd-container ansible-core openssh-client etcd-server etcd-client openssl iputils-ping
+ROOTFS_CACHE ?= /var/cache/tabby-rootfs
+
+.PHONY: test-rollout
+test-rollout: deb
+	$(call apt_install,$(ROLLOUT_APT_PACKAGES))
+	@for n in 1 2; do \
+	  v='$(DEB_VERSION)'.$$n; mkdir -p $(BIN)/deb-$$n; \
+	  $(GO) build -trimpath -ldflags "-s -w -X $(PKG)/internal/version.Version=$$v" \
+	    -o $(BIN)/deb-$$n/ ./cmd/tabbyd ./cmd/tabbyctl ./cmd/tabby-cni && \
+	  BIN_DIR=$(BIN)/deb-$$n VERSION=$$v OUT_DIR=$(BIN)/upgrade LINTIAN=0 DEB_CACHE= ./packaging/deb/build.sh >/dev/null || exit 1; \
+	done
+	rootfs=$$(ROOTFS_CACHE='$(ROOTFS_CACHE)' ./lab/rollout/rootfs.sh) && \
+	TABBY_ROLLOUT_ROOTFS=$$rootfs \
+	TABBY_ROLLOUT_DEB=$(CURDIR)/$(DIST)/tabby_$(DEB_VERSION)_amd64.deb \
+	TABBY_ROLLOUT_DEB_NEXT=$(CURDIR)/$(BIN)/upgrade/tabby_$(DEB_VERSION).1_amd64.deb \
+	TABBY_ROLLOUT_DEB_THIRD=$(CURDIR)/$(BIN)/upgrade/tabby_$(DEB_VERSION).2_amd64.deb \
+	  $(GO) test -count=1 -timeout 30m -v -run TestRollout ./lab/rollout/
 
 # Unit tests only (no root needed for most).
 test-unit:
