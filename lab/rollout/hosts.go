@@ -111,10 +111,13 @@ func Boot(ctx context.Context, rootfs, workDir, name, ns string, authorizedKey [
 		out, _ := h.Output(ctx, "systemctl", "is-system-running")
 		state := strings.TrimSpace(out)
 		if state == "running" || state == "degraded" {
-			if out, err := h.Output(ctx, "systemctl", "is-active", "ssh.service"); err == nil {
+			// sshd runs and logins are open: pam_nologin refuses the ubuntu user while
+			// /run/nologin exists (until systemd-user-sessions.service has run).
+			out, err := h.Output(ctx, "sh", "-c", "systemctl is-active ssh.service && test ! -e /run/nologin")
+			if err == nil {
 				return h, nil
 			} else if time.Now().After(deadline) {
-				return h, fmt.Errorf("booted (%s) but sshd is %s", state, strings.TrimSpace(out))
+				return h, fmt.Errorf("booted (%s) but sshd does not take logins: %s", state, strings.TrimSpace(out))
 			}
 		}
 		if err := h.sleep(ctx, deadline, "systemd did not finish booting (state "+state+")"); err != nil {

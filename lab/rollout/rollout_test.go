@@ -453,7 +453,7 @@ func TestRollout(t *testing.T) {
 	// removes the containers, processes and namespaces.
 	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(sigCtx, 25*time.Minute)
+	ctx, cancel := context.WithTimeout(sigCtx, 40*time.Minute)
 	defer cancel()
 	start := time.Now()
 	f := newFleet(ctx, t)
