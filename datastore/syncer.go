@@ -412,8 +412,11 @@ func (s *Syncer) watch(ctx context.Context, st *syncState, rev int64, healthy fu
 				if startReached {
 					return fmt.Errorf("watch silent: no answer to a progress request within %s", s.opts.ProgressInterval)
 				}
-				// A quiet cluster, or a dead watch? Ask for the revision.
-				rctx, rcancel := context.WithTimeout(wctx, s.opts.RequestTimeout)
+				// A quiet cluster, or a dead watch? Ask for the revision. The answer is one
+				// number, so it gets a progress interval, not a list's RequestTimeout: with
+				// etcd gone the request waits for a connection until its deadline, and the
+				// dead watch must be noticed within two progress intervals, not 30 s.
+				rctx, rcancel := context.WithTimeout(wctx, s.opts.ProgressInterval)
 				resp, err := s.client.etcd.Get(rctx, prefix, clientv3.WithCountOnly())
 				rcancel()
 				if err != nil {

@@ -44,7 +44,12 @@ func (w testWriter) Write(p []byte) (int, error) {
 // runSyncer starts a syncer on c and stops it when the test ends.
 func runSyncer(t *testing.T, c *datastore.Client) (*datastore.Syncer, <-chan *datastore.Snapshot) {
 	t.Helper()
-	s := datastore.NewSyncerWithOptions(c, testLogger(t), fastSyncer)
+	return runSyncerWith(t, c, fastSyncer)
+}
+
+func runSyncerWith(t *testing.T, c *datastore.Client, opts datastore.SyncerOptions) (*datastore.Syncer, <-chan *datastore.Snapshot) {
+	t.Helper()
+	s := datastore.NewSyncerWithOptions(c, testLogger(t), opts)
 	ch, _ := s.Subscribe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -525,6 +530,39 @@ func TestSyncerSurvivesEtcdRestart(t *testing.T) {
 	if st := s.Stats(); !st.Connected || st.ListErrors+st.WatchErrors == 0 {
 		t.Errorf("stats %+v", st)
 	}
+}
+
+// On a quiet cluster (nothing written since the list, so etcd ignores progress requests)
+// a stopped etcd is noticed by the revision check within a few progress intervals, however
+// long a list may take (RequestTimeout). tabbyd's readiness says "datastore unreachable"
+// only once the syncer has noticed.
+func TestSyncerNoticesAStoppedEtcdOnAQuietCluster(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	put(t, e, nodeKey("quiet"), `{"metadata":{"name":"quiet"}}`)
+	opts := fastSyncer
+	opts.RequestTimeout = time.Minute
+	s, ch := runSyncerWith(t, clientVia(t, e.Endpoint), opts)
+	waitFor(t, ch, "the first snapshot", func(*datastore.Snapshot) bool { return true })
+	for !s.Stats().Connected {
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.Close()
+	t.Cleanup(func() { // the harness closes it again: give it a running server to close
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := e.Restart(ctx); err != nil {
+			t.Errorf("restart etcd: %v", err)
+		}
+	})
+	stopped := time.Now()
+	for s.Stats().Connected {
+		if time.Since(stopped) > 10*time.Second {
+			t.Fatalf("the syncer still says it is connected %s after etcd stopped (progress interval %s)", time.Since(stopped), opts.ProgressInterval)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("a stopped etcd noticed after %s (progress interval %s)", time.Since(stopped).Round(time.Millisecond), opts.ProgressInterval)
 }
 
 // A watch that goes silent (no bytes either way, connections open) is noticed by its
