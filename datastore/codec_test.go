@@ -299,3 +299,34 @@ spec:
 		t.Errorf("an alias must be refused, got %v", err)
 	}
 }
+
+// A cluster-wide BGPConfiguration that turns the mesh off, stored as tabby, calicoctl or
+// etcdctl write it, is valid after its read-time defaults: were the mesh's restart time
+// defaulted beside "nodeToNodeMeshEnabled: false" (which Calico refuses), the document
+// would be reported invalid and every host would fall back to a full mesh.
+func TestMeshlessBGPConfigurationStaysValidOnRead(t *testing.T) {
+	for _, doc := range []string{
+		`{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"nodeToNodeMeshEnabled":false}}`,
+		`{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"nodeToNodeMeshEnabled":false,"asNumber":64513}}`,
+	} {
+		r, err := datastore.DecodeStored(datastore.KindBGPConfiguration, "default", []byte(doc), 7)
+		if err != nil {
+			t.Fatalf("decode %s: %v", doc, err)
+		}
+		if err := datastore.Validate(r); err != nil {
+			t.Errorf("%s is refused after its defaults: %v", doc, err)
+		}
+		cfg := r.(*datastore.BGPConfiguration)
+		if m := cfg.Spec.NodeToNodeMeshEnabled; m == nil || *m {
+			t.Errorf("%s: mesh read as %v", doc, m)
+		}
+	}
+	// With the mesh on (absent = on), the restart time still takes its default.
+	r, err := datastore.DecodeStored(datastore.KindBGPConfiguration, "default", []byte(`{"metadata":{"name":"default"},"spec":{}}`), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := r.(*datastore.BGPConfiguration).Spec.NodeMeshMaxRestartTime; d == nil || d.Duration != datastore.DefaultNodeMeshMaxRestartTime {
+		t.Errorf("mesh restart time %v, want the default %s", d, datastore.DefaultNodeMeshMaxRestartTime)
+	}
+}

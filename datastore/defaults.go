@@ -68,7 +68,11 @@ func SetDefaults(r Resource) {
 		if s.ListenPort == 0 {
 			s.ListenPort = DefaultBGPListenPort
 		}
-		if s.NodeMeshMaxRestartTime == nil {
+		// The mesh's restart time is defaulted only while there is a mesh: Calico refuses
+		// nodeMeshMaxRestartTime beside nodeToNodeMeshEnabled: false, so a default here
+		// would make every stored mesh-less configuration invalid on read, and the
+		// cluster would fall back to a full mesh.
+		if s.NodeMeshMaxRestartTime == nil && *s.NodeToNodeMeshEnabled {
 			s.NodeMeshMaxRestartTime = &Duration{DefaultNodeMeshMaxRestartTime}
 		}
 	case *BGPPeer:
