@@ -38,13 +38,11 @@ resource gives a manifest that "apply -f" takes back).`,
 			if !isOneOf(output, outputFormats) {
 				return usageErrorf("-o %q is not one of %s", output, strings.Join(outputFormats, ", "))
 			}
-			c, err := opts.client()
+			ctx, c, release, err := opts.connect(cmd)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-			defer cancel()
+			defer release()
 
 			names := args[1:]
 			var list datastore.ResourceList

@@ -28,13 +28,11 @@ func newIPAMCmd(opts *globalOptions) *cobra.Command {
 // withAllocator runs fn with an IPAM allocator on a fresh etcd connection, under the
 // command's timeout.
 func withAllocator(cmd *cobra.Command, opts *globalOptions, fn func(context.Context, *ipam.Allocator) error) error {
-	c, err := opts.client()
+	ctx, c, release, err := opts.connect(cmd)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-	defer cancel()
+	defer release()
 	return fn(ctx, ipam.New(c, nil))
 }
 
@@ -100,13 +98,11 @@ configuration in force (strict affinity, automatic blocks, block limit per host)
 // writeIPAMConfiguration prints the IPAM configuration in force as calicoctl's
 // `ipam show --show-configuration` does.
 func writeIPAMConfiguration(cmd *cobra.Command, opts *globalOptions) error {
-	c, err := opts.client()
+	ctx, c, release, err := opts.connect(cmd)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-	defer cancel()
+	defer release()
 	cfg, err := c.GetIPAMConfiguration(ctx)
 	if err != nil {
 		return err
@@ -374,13 +370,11 @@ node may own (0: no limit; a limit needs strict affinity).`,
 				return usageErrorf("--strictaffinity %q: use true or false", strict)
 			}
 			setMax := cmd.Flags().Changed("max-blocks-per-host")
-			c, err := opts.client()
+			ctx, c, release, err := opts.connect(cmd)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-			defer cancel()
+			defer release()
 			_, err = c.ModifyIPAMConfiguration(ctx, "", func(s *datastore.IPAMConfigurationSpec) error {
 				s.StrictAffinity = enabled
 				if setMax {

@@ -37,13 +37,11 @@ func newLabelCmd(opts *globalOptions) *cobra.Command {
 			case remove && overwrite:
 				return usageErrorf("--overwrite and --remove cannot be used together")
 			}
-			c, err := opts.client()
+			ctx, c, release, err := opts.connect(cmd)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-			defer cancel()
+			defer release()
 
 			overwritten := false
 			err = datastore.DefaultRetry.Do(ctx, "label "+typed+" "+name, func(ctx context.Context) error {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
@@ -31,13 +30,11 @@ writes it with compare-and-swap, as calicoctl patch does:
 			if err != nil {
 				return err
 			}
-			c, err := opts.client()
+			ctx, c, release, err := opts.connect(cmd)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-			defer cancel()
+			defer release()
 			patched, err := c.PatchResource(ctx, kind, args[1], []byte(patch))
 			switch {
 			case skipNotExists && errors.Is(err, datastore.ErrNotFound):

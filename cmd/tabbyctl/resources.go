@@ -208,13 +208,11 @@ func writeResources(cmd *cobra.Command, opts *globalOptions, verb writeVerb, res
 			return errSilentFailure
 		}
 	}
-	c, err := opts.client()
+	ctx, c, release, err := opts.connect(cmd)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(cmd.Context(), opts.timeout)
-	defer cancel()
+	defer release()
 
 	done, skipped := 0, 0
 	for _, r := range resources {

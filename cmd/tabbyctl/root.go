@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -115,6 +116,17 @@ func (o *globalOptions) client() (*datastore.Client, error) {
 		return nil, err
 	}
 	return datastore.New(cfg)
+}
+
+// connect opens the datastore for one command and bounds the command's work by --timeout;
+// release closes the connection and releases the context.
+func (o *globalOptions) connect(cmd *cobra.Command) (context.Context, *datastore.Client, func(), error) {
+	c, err := o.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+	return ctx, c, func() { cancel(); c.Close() }, nil
 }
 
 // socketPath is the local tabbyd's status socket.
