@@ -292,6 +292,25 @@ func (c *Client) DeleteResource(ctx context.Context, kind, name, resourceVersion
 	return old, nil
 }
 
+// decodePatch reads a JSON merge patch for one resource of type typ: a JSON object that
+// names only fields tabby knows (example shows one in the error for anything else).
+func decodePatch(kind, name string, patch []byte, typ reflect.Type, example string) (map[string]any, error) {
+	p, err := decodeJSONNumbers(patch)
+	if err != nil {
+		return nil, fmt.Errorf("patch for %s %q is not valid JSON: %w", kind, name, err)
+	}
+	pm, ok := p.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("patch for %s %q must be a JSON object, such as %s", kind, name, example)
+	}
+	if err := checkFields(pm, typ, "", func(field, format string, args ...any) error {
+		return &FieldError{Kind: kind, Name: name, Field: field, Problem: fmt.Sprintf(format, args...)}
+	}); err != nil {
+		return nil, fmt.Errorf("patch: %w", err)
+	}
+	return pm, nil
+}
+
 // PatchResource merges a JSON merge patch (RFC 7386) into the stored document, checks the
 // result like any update and writes it with compare-and-swap on the revision it read. The
 // patch is applied to the document as stored, so fields tabby does not model survive
@@ -311,19 +330,9 @@ func (c *Client) PatchResource(ctx context.Context, kind, name string, patch []b
 	if err != nil {
 		return nil, err
 	}
-	p, err := decodeJSONNumbers(patch)
+	pm, err := decodePatch(kind, name, patch, reflect.TypeOf(like).Elem(), `{"spec":{"ipipMode":"CrossSubnet"}}`)
 	if err != nil {
-		return nil, fmt.Errorf("patch for %s %q is not valid JSON: %w", kind, name, err)
-	}
-	pm, ok := p.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("patch for %s %q must be a JSON object, such as {\"spec\":{\"ipipMode\":\"CrossSubnet\"}}", kind, name)
-	}
-	fail := func(field, format string, args ...any) error {
-		return &FieldError{Kind: kind, Name: name, Field: field, Problem: fmt.Sprintf(format, args...)}
-	}
-	if err := checkFields(pm, reflect.TypeOf(like).Elem(), "", fail); err != nil {
-		return nil, fmt.Errorf("patch: %w", err)
+		return nil, err
 	}
 	return c.storeResource(ctx, like, func(cur KV) (Resource, []byte, error) {
 		if cur.ModRevision == 0 {

@@ -185,19 +185,12 @@ func (c *Client) patchIPAMConfiguration(ctx context.Context, name string, patch 
 	if err := checkIPAMConfigurationName(name); err != nil {
 		return nil, err
 	}
-	p, err := decodeJSONNumbers(patch)
+	pm, err := decodePatch(KindIPAMConfiguration, name, patch, reflect.TypeFor[IPAMConfiguration](), `{"spec":{"strictAffinity":true}}`)
 	if err != nil {
-		return nil, fmt.Errorf("patch for %s %q is not valid JSON: %w", KindIPAMConfiguration, name, err)
-	}
-	pm, ok := p.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("patch for %s %q must be a JSON object, such as {\"spec\":{\"strictAffinity\":true}}", KindIPAMConfiguration, name)
+		return nil, err
 	}
 	fail := func(field, format string, args ...any) error {
 		return &FieldError{Kind: KindIPAMConfiguration, Name: name, Field: field, Problem: fmt.Sprintf(format, args...)}
-	}
-	if err := checkFields(pm, reflect.TypeFor[IPAMConfiguration](), "", fail); err != nil {
-		return nil, fmt.Errorf("patch: %w", err)
 	}
 	specPatch, _ := pm["spec"].(map[string]any)
 	return c.ModifyIPAMConfiguration(ctx, "", func(s *IPAMConfigurationSpec) error {
