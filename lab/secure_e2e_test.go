@@ -61,7 +61,7 @@ func (l *secretLab) saw(what, out string) {
 func TestSecureEtcd(t *testing.T) {
 	requireRoot(t)
 	if testing.Short() {
-		t.Skip("end-to-end suite with a three-member TLS etcd (about two minutes): not run with -short; make test runs it")
+		t.Skip("end-to-end suite with a three-member TLS etcd (about two minutes): not run with -short; make test runs it. With -short, datastore's TLS config validation and the single-member etcd tests still run")
 	}
 	if _, err := exec.LookPath("etcdctl"); err != nil {
 		t.Fatalf("etcdctl (Debian's etcd-client, installed by make deps): %v", err)

@@ -18,7 +18,7 @@ import (
 // nothing.
 func TestRBACRoles(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts a three-member etcd cluster and runs etcdctl (a few seconds): not with -short; make test runs it")
+		t.Skip("starts a three-member etcd cluster and runs etcdctl (a few seconds): not with -short; make test runs it, and the single-member etcd tests of datastore still run")
 	}
 	c := etcdtest.StartCluster(t, 3)
 	rbac := etcdtest.RepoFile(t, "configs/etcd/rbac.sh")

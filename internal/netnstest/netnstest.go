@@ -33,7 +33,7 @@ import (
 func RequireRoot(t testing.TB, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		t.Skip("needs root to create network namespaces (make test runs as root); the pure table tests of the same package still run without root")
 	}
 	for _, tool := range append([]string{"ip", "nsenter"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {

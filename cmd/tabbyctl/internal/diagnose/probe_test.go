@@ -25,7 +25,7 @@ import (
 // topology, with and without the fabric faults they must detect.
 func TestKernelProberOnTheLabFabric(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to build the lab's network namespaces")
+		t.Skip("needs root to build the lab's network namespaces (make test runs as root); without root, TestDiagnose checks every finding and fix against a scripted prober")
 	}
 	b := make([]byte, 3)
 	rand.Read(b)
